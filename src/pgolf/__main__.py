@@ -1,0 +1,3 @@
+from pgolf.cli import main
+
+raise SystemExit(main())
