@@ -136,9 +136,10 @@ class DataConfig:
     train_shards: int = 0
     """Use only the first k training shards (0 = all)."""
     mix_min_shards: int = 8
-    """Coprime loader: shards mixed per batch at the start (raised to world_size if larger)."""
-    mix_max_shards: int = 32
-    """Coprime loader: shards mixed per batch at full progress (raised to 8 * world_size if larger)."""
+    """Coprime loader: shards mixed per batch at the start (clipped to eligible shards and windows)."""
+    mix_max_shards: int = 64
+    """Coprime loader: shards mixed per batch at full progress. The original derives 8 -> 64 from its
+    world size of 8; pgolf fixes both numbers so every world size draws the same windows."""
     alpha_start: float = 0.90
     alpha_end: float = 0.50
     """Coprime loader: shard weight = remaining_blocks ** alpha, alpha moving start -> end."""

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     MATRIX = "matrix"
     EMBED = "embed"
     HEAD = "head"

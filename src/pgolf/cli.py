@@ -1,0 +1,234 @@
+"""`pgolf` command line: a verb table mapping to library calls. No logic lives here.
+
+User errors (bad config keys, corrupt shards, missing files) print one line, `pgolf: error: ...`,
+and exit non-zero without a traceback (`--traceback` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from pgolf import __version__
+
+# Exit codes: 0 ok, 1 a check failed or a run failed, 2 usage / configuration error.
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from pgolf.config import ConfigError
+    from pgolf.data.docs import DocsError
+    from pgolf.data.prepare import PrepareError
+    from pgolf.data.shards import ShardError
+    from pgolf.data.tokenizer import TokenizerError
+    from pgolf.data.verify import VerifyError
+
+    errs: list[type[BaseException]] = [ConfigError, DocsError, PrepareError, ShardError, TokenizerError,
+                                       VerifyError, FileNotFoundError]
+    try:
+        from pgolf.data.fineweb import FinewebError
+
+        errs.append(FinewebError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def _add_config_args(p: argparse.ArgumentParser, preset_default: str = "record") -> None:
+    p.add_argument("--preset", default=preset_default, help=f"preset name (default {preset_default})")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.iterations=100 (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="shortcut for --set seed=N")
+
+
+def _resolve(args):
+    from pgolf.config import resolve
+
+    return resolve(args.preset, args.sets, os.environ, seed=args.seed)
+
+
+def cmd_config_show(args) -> int:
+    from pgolf.config import config_hash, flatten, to_dict
+
+    cfg, applied = _resolve(args)
+    if args.json:
+        print(json.dumps({"config": to_dict(cfg), "config_hash": config_hash(cfg),
+                          "overrides": [{"key": o.key, "value": str(o.value), "source": o.source} for o in applied]},
+                         indent=2))
+        return 0
+    sources = {o.key: o.source for o in applied}
+    print(f"# preset {cfg.preset}  config_hash {config_hash(cfg)[:16]}")
+    section = None
+    for key, value in flatten(cfg).items():
+        head, _, leaf = key.rpartition(".")
+        if head != section:
+            section = head
+            if head:
+                print(f"[{head}]")
+        note = f"   # {sources[key]}" if key in sources else ""
+        print(f"{'  ' if head else ''}{leaf} = {_fmt(value)}{note}")
+    return 0
+
+
+def _fmt(v) -> str:
+    if isinstance(v, tuple):
+        return ",".join(str(x) for x in v) if v else "(empty)"
+    if isinstance(v, str):
+        return repr(v)
+    return str(v)
+
+
+def cmd_config_diff(args) -> int:
+    from pgolf.config import diff
+    from pgolf.presets import get_preset
+
+    cfg, applied = _resolve(args)
+    base = get_preset(args.against or args.preset)
+    d = diff(cfg, base)
+    if args.json:
+        print(json.dumps({k: {"base": a, "value": b} for k, (a, b) in d.items()}, indent=2, default=list))
+        return 0
+    label = args.against or args.preset
+    if not d:
+        print(f"# no difference from preset {label}")
+    sources = {o.key: o.source for o in applied}
+    for k, (a, b) in d.items():
+        src = f"   # {sources[k]}" if k in sources else ""
+        print(f"{k}: {_fmt(a)} -> {_fmt(b)}{src}")
+    return 0
+
+
+def cmd_config_presets(args) -> int:
+    from pgolf.presets import PRESETS
+
+    for name, fn in PRESETS.items():
+        doc = (fn.__doc__ or "").strip().splitlines()
+        print(f"{name:10s} {doc[0] if doc else ''}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def cmd_data_prepare(args) -> int:
+    from pgolf.data.prepare import prepare
+
+    prepare(args.docs, args.out, val_docs=args.val_docs, vocab_size=args.vocab_size, name=args.name,
+            tag=args.tag, shard_tokens=args.shard_tokens, tokenizer=args.tokenizer, force=args.force,
+            threads=args.threads, progress=True)
+    return 0
+
+
+def cmd_data_verify(args) -> int:
+    from pgolf.data.verify import format_report, verify
+
+    rep = verify(args.data, args.tokenizer, vocab_size=args.vocab_size, check_sha=not args.no_sha,
+                 progress=not args.json, threads=args.threads)
+    print(json.dumps(rep.to_json(), indent=2) if args.json else format_report(rep))
+    return 0 if rep.ok else EXIT_FAIL
+
+
+def cmd_data_fineweb(args) -> int:
+    from pgolf.data.fineweb import defaults_from_env, download_fineweb
+
+    env = defaults_from_env(os.environ)
+    summary = download_fineweb(args.out, variant=args.variant, train_shards=args.train_shards,
+                               repo_id=args.repo_id or env["repo_id"],
+                               remote_root=args.remote_root if args.remote_root is not None else env["remote_root"],
+                               revision=args.revision, progress=True)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf toolkit: data, config, and the V20 stack.")
+    p.add_argument("--version", action="version", version=f"pgolf {__version__}")
+    p.add_argument("--traceback", action="store_true", help="show Python tracebacks for user errors")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    # config
+    c = verbs.add_parser("config", help="show, diff and list configuration presets")
+    cs = c.add_subparsers(dest="sub", metavar="SUB", required=True)
+    show = cs.add_parser("show", help="print the resolved config tree (preset + env + --set)")
+    _add_config_args(show)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(fn=cmd_config_show)
+    d = cs.add_parser("diff", help="keys that differ from the preset (or from --against PRESET)")
+    _add_config_args(d)
+    d.add_argument("--against", default=None, help="compare with another preset instead")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(fn=cmd_config_diff)
+    pr = cs.add_parser("presets", help="list presets")
+    pr.set_defaults(fn=cmd_config_presets)
+
+    # data
+    dp = verbs.add_parser("data", help="prepare, download and verify challenge-format data")
+    ds = dp.add_subparsers(dest="sub", metavar="SUB", required=True)
+    prep = ds.add_parser("prepare", help="documents (JSONL) -> tokenizer + shards + manifest")
+    prep.add_argument("--docs", action="append", required=True, metavar="FILE",
+                      help="JSONL documents with a 'text' field (.xz/.gz ok); repeat to concatenate in order; "
+                           "'default' = the embedded corpus (first 143 docs = validation)")
+    prep.add_argument("--val-docs", type=int, required=True, help="the first N documents are the validation split")
+    prep.add_argument("--vocab-size", type=int, default=None, help="tokenizer vocabulary to train")
+    prep.add_argument("--out", required=True, help="output root (datasets/, tokenizers/, manifest.json)")
+    prep.add_argument("--name", default="fineweb", help="name prefix (default 'fineweb', the challenge's)")
+    prep.add_argument("--tag", default="10B", help="dataset tag: datasets/{name}{tag}_sp{V} (default '10B')")
+    prep.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (default 1e8)")
+    prep.add_argument("--tokenizer", default=None, metavar="MODEL", help="reuse this SentencePiece model")
+    prep.add_argument("--threads", type=int, default=None)
+    prep.add_argument("--force", action="store_true", help="replace existing shards / tokenizer in --out")
+    prep.set_defaults(fn=cmd_data_prepare)
+
+    ver = ds.add_parser("verify", help="check shards, sha256 and exact byte accounting of the val stream")
+    ver.add_argument("--data", required=True, help="dataset dir (with shards) or a root with datasets/<name>/")
+    ver.add_argument("--tokenizer", default=None, metavar="MODEL")
+    ver.add_argument("--vocab-size", type=int, default=None, help="model vocab for the token range check")
+    ver.add_argument("--no-sha", action="store_true", help="skip sha256 hashing")
+    ver.add_argument("--threads", type=int, default=1)
+    ver.add_argument("--json", action="store_true")
+    ver.set_defaults(fn=cmd_data_verify)
+
+    fw = ds.add_parser("fineweb", help="download the challenge's published FineWeb shards (huggingface_hub)")
+    fw.add_argument("--variant", default="sp1024")
+    fw.add_argument("--train-shards", type=int, default=80)
+    fw.add_argument("--out", required=True)
+    fw.add_argument("--repo-id", default=None, help="default willdepueoai/parameter-golf or MATCHED_FINEWEB_REPO_ID")
+    fw.add_argument("--remote-root", default=None, help="default 'datasets' or MATCHED_FINEWEB_REMOTE_ROOT_PREFIX")
+    fw.add_argument("--revision", default=None, help="pin a repo revision (commit sha)")
+    fw.set_defaults(fn=cmd_data_fineweb)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    fn: Callable = args.fn
+    try:
+        return int(fn(args) or 0)
+    except BrokenPipeError:  # e.g. `pgolf config show | head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("pgolf: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as exc:
+        if args.traceback:
+            raise
+        from pgolf.config import ConfigError
+
+        print(f"pgolf: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAIL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

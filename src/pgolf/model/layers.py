@@ -1,0 +1,291 @@
+"""Building blocks of the GPT of STACK.md section 3 (eager, readable; no fused kernels here).
+
+Shape legend (used in comments and suffixes throughout `pgolf.model`):
+    B  batch (sequences / windows)         T  sequence length
+    D  model_dim                           H  query heads        Hkv  key/value heads
+    Dh head_dim = D / H                    G  query heads per kv head = H / Hkv
+    R  rotary dims per head (<= Dh)        F  MLP hidden width
+    V  vocab size                          Vb bigram buckets     Db bigram dim     Dv value-embedding dim
+
+Every parameter is created here as one tensor per matrix/vector and tagged with its Role at creation
+(`roles.tag`); values are filled in by `GPT.init_weights`, not by these constructors.
+
+Weights are kept in whatever dtype the trainer chose (fp32 masters); each use casts to the activation
+dtype so a bf16 residual stream never gets promoted back to fp32 by a parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pgolf.config import ModelConfig
+from pgolf.model.roles import Role, tag
+
+AttnImpl = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""Causal attention kernel: q (B, T, H, Dh), k and v (B, T, Hkv, Dh) -> (B, T, H, Dh), softmax scale
+1/sqrt(Dh). Kv head g serves query heads g*G .. g*G+G-1 (the FA3 / SDPA enable_gqa convention)."""
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    """Functional RMSNorm over the last dim, no learnable scale, PyTorch's default eps (STACK 3.2)."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def _param(*shape: int, role: Role) -> nn.Parameter:
+    # Values are written by GPT.init_weights; torch.empty keeps construction cheap and RNG-free.
+    return tag(nn.Parameter(torch.empty(*shape)), role)
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Default AttnImpl: causal torch SDPA. q (B, T, H, Dh), k/v (B, T, Hkv, Dh) -> (B, T, H, Dh).
+
+    GQA is done by repeat_interleave of k/v rather than `enable_gqa=True`, because not every SDPA
+    backend accepts enable_gqa; the copy is cheap next to the matmuls and the FA3 path avoids it.
+    """
+    g = q.size(2) // k.size(2)
+    if g > 1:
+        k = k.repeat_interleave(g, dim=2)  # (B, T, H, Dh)
+        v = v.repeat_interleave(g, dim=2)  # (B, T, H, Dh)
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+    return y.transpose(1, 2)  # (B, T, H, Dh)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rotary position embedding
+# --------------------------------------------------------------------------------------------------
+
+
+class Rotary(nn.Module):
+    """Partial RoPE tables with the NTK base rescale of PR #1019 (STACK 3.3 step 3).
+
+    Only the first R dims of each head rotate (partial RoPE, PR #315); R = rope_dims, or Dh when 0.
+    When the sequence is longer than ref_len > 0 the base is rescaled NTK-style:
+    base' = base * (T / ref_len) ** (R / (R - 2)); at T = 2048, ref 1024, R = 16 this is ~22,082.
+    No parameters and no cached state (the tables are T x R/2, recomputed per forward).
+    """
+
+    def __init__(self, head_dim: int, rope_dims: int, base: float, ref_len: int) -> None:
+        super().__init__()
+        self.dims = rope_dims if rope_dims > 0 else head_dim
+        if self.dims % 2 or self.dims > head_dim:
+            raise ValueError(f"rotary dims must be even and <= head_dim={head_dim}, got {self.dims}")
+        if ref_len > 0 and self.dims <= 2:
+            # The exponent R / (R - 2) is undefined at R = 2.
+            raise ValueError("the NTK rescale (rope_ref_len > 0) needs more than 2 rotary dims")
+        self.base = float(base)
+        self.ref_len = int(ref_len)
+
+    def effective_base(self, seq_len: int) -> float:
+        if self.ref_len > 0 and seq_len > self.ref_len:
+            return self.base * (seq_len / self.ref_len) ** (self.dims / (self.dims - 2))
+        return self.base
+
+    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos, sin tables of shape (T, R/2) in `dtype` (computed in fp32, or fp64 for fp64 models)."""
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        base = self.effective_base(seq_len)
+        inv_freq = 1.0 / base ** (torch.arange(0, self.dims, 2, device=device, dtype=work) / self.dims)  # (R/2,)
+        freqs = torch.outer(torch.arange(seq_len, device=device, dtype=work), inv_freq)  # (T, R/2)
+        return freqs.cos().to(dtype), freqs.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the first R dims of x (B, T, H, Dh) in the split-halves layout; the rest pass through.
+
+    With u = dims [0, R/2) and w = dims [R/2, R): (u, w) -> (u cos + w sin, w cos - u sin) (STACK 3.3).
+    """
+    half = cos.size(-1)
+    rot = 2 * half
+    cos = cos[None, :, None, :]  # (1, T, 1, R/2)
+    sin = sin[None, :, None, :]
+    u, w, rest = x[..., :half], x[..., half:rot], x[..., rot:]  # (B, T, H, R/2) x2, (B, T, H, Dh-R)
+    return torch.cat((u * cos + w * sin, w * cos - u * sin, rest), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention, MLP, Block
+# --------------------------------------------------------------------------------------------------
+
+
+def xsa_project(y: Tensor, v: Tensor) -> Tensor:
+    """Exclusive self-attention (arXiv 2603.09078; PR #265/#478): drop y's component along own value.
+
+    y (B, T, H, Dh) attention output, v (B, T, Hkv, Dh) the values (incl. value embedding).
+    y_{t,h} <- y_{t,h} - (y_{t,h} . v_hat) v_hat with v_hat = v_{t,g(h)} / ||v_{t,g(h)}||.
+    """
+    b, t, h, dh = y.shape
+    hkv = v.size(2)
+    y_g = y.reshape(b, t, hkv, h // hkv, dh)  # (B, T, Hkv, G, Dh): query heads grouped by their kv head
+    v_hat = F.normalize(v, dim=-1).unsqueeze(3)  # (B, T, Hkv, 1, Dh)
+    y_g = y_g - (y_g * v_hat).sum(-1, keepdim=True) * v_hat
+    return y_g.reshape(b, t, h, dh)
+
+
+class CausalSelfAttention(nn.Module):
+    """GQA attention with QK-norm, partial RoPE, per-head query gain, optional VE add and XSA (STACK 3.3)."""
+
+    def __init__(self, cfg: ModelConfig, use_xsa: bool, attn_impl: AttnImpl | None = None) -> None:
+        super().__init__()
+        d, kv = cfg.model_dim, cfg.kv_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.qk_norm = cfg.qk_norm
+        self.use_xsa = use_xsa
+        self.attn_impl: AttnImpl = attn_impl if attn_impl is not None else sdpa_attention
+        self.q = _param(d, d, role=Role.MATRIX)  # (H*Dh, D)
+        self.k = _param(kv, d, role=Role.MATRIX)  # (Hkv*Dh, D)
+        self.v = _param(kv, d, role=Role.MATRIX)  # (Hkv*Dh, D)
+        self.o = _param(d, d, role=Role.MATRIX)  # (D, H*Dh)
+        # Learnable per-head query gain; with QK-norm it sets the attention temperature (PR #1217 sweep).
+        self.q_gain = _param(cfg.num_heads, role=Role.SCALAR)  # (H,)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ve: Tensor | None = None) -> Tensor:
+        """x (B, T, D) already normed/scaled; cos/sin (T, R/2); ve (B, T, Hkv*Dh) or None -> (B, T, D)."""
+        b, t, _ = x.shape
+        q = F.linear(x, self.q.to(x.dtype)).view(b, t, self.num_heads, self.head_dim)  # (B, T, H, Dh)
+        k = F.linear(x, self.k.to(x.dtype)).view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, Hkv, Dh)
+        v = F.linear(x, self.v.to(x.dtype))  # (B, T, Hkv*Dh)
+        if ve is not None:
+            v = v + ve.to(v.dtype)  # value embedding (PR #374), added before the head reshape
+        v = v.view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, Hkv, Dh)
+        if self.qk_norm:
+            q, k = rms_norm(q), rms_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q = q * self.q_gain.to(q.dtype)[None, None, :, None]  # gain on q only, none on k
+        y = self.attn_impl(q, k, v)  # (B, T, H, Dh)
+        if self.use_xsa:
+            y = xsa_project(y, v)
+        return F.linear(y.reshape(b, t, -1), self.o.to(y.dtype))  # (B, T, D)
+
+
+class MLP(nn.Module):
+    """D -> F -> D, activation LeakyReLU(slope)^2 (PR #493/#549) or ReLU^2 (naive baseline). No biases."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.activation = cfg.mlp_activation
+        self.slope = cfg.leaky_slope
+        self.up = _param(cfg.mlp_hidden, cfg.model_dim, role=Role.MATRIX)  # (F, D)
+        self.down = _param(cfg.model_dim, cfg.mlp_hidden, role=Role.MATRIX)  # (D, F)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.linear(x, self.up.to(x.dtype))  # (B, T, F)
+        h = F.leaky_relu(h, self.slope) if self.activation == "leaky_relu2" else F.relu(h)
+        return F.linear(h.square(), self.down.to(h.dtype))  # (B, T, D)
+
+
+class Block(nn.Module):
+    """One transformer layer (STACK 3.2 step 3).
+
+    x_in  = m0 * x + m1 * x0                       (resid_mix, as in PR #1019)
+    x_mid = x_in + s_attn * Attn(rms(x_in) * f_l)
+    x_out = x_mid + s_mlp * MLP(rms(x_mid) * f_l)  with f_l = 1/sqrt(l+1) when ln_scale (PR #1019)
+    """
+
+    def __init__(self, cfg: ModelConfig, layer: int, attn_impl: AttnImpl | None = None) -> None:
+        super().__init__()
+        self.layer = layer
+        self.ln_factor = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
+        use_xsa = layer >= cfg.num_layers - cfg.xsa_last_n
+        self.attn = CausalSelfAttention(cfg, use_xsa=use_xsa, attn_impl=attn_impl)
+        self.mlp = MLP(cfg)
+        self.attn_scale = _param(cfg.model_dim, role=Role.SCALAR)  # (D,)
+        self.mlp_scale = _param(cfg.model_dim, role=Role.SCALAR)  # (D,)
+        self.resid_mix = _param(2, cfg.model_dim, role=Role.SCALAR) if cfg.resid_mix else None  # (2, D)
+
+    def forward(self, x: Tensor, x0: Tensor, cos: Tensor, sin: Tensor, ve: Tensor | None = None) -> Tensor:
+        """x, x0 (B, T, D); cos/sin (T, R/2); ve (B, T, Hkv*Dh) or None -> (B, T, D)."""
+        if self.resid_mix is not None:
+            mix = self.resid_mix.to(x.dtype)
+            x = mix[0] * x + mix[1] * x0
+        a = self.attn(rms_norm(x) * self.ln_factor, cos, sin, ve)
+        x = x + self.attn_scale.to(x.dtype) * a
+        m = self.mlp(rms_norm(x) * self.ln_factor)
+        return x + self.mlp_scale.to(x.dtype) * m
+
+
+# --------------------------------------------------------------------------------------------------
+# Input-side extras: BigramHash, value embeddings, SmearGate
+# --------------------------------------------------------------------------------------------------
+
+_HASH_CUR = 36313
+_HASH_PREV = 27191
+
+
+def _wrap_int32(x: Tensor) -> Tensor:
+    """Reduce int64 values to what two's-complement int32 arithmetic would hold (still stored as int64)."""
+    return (x + 2**31) % 2**32 - 2**31
+
+
+def bigram_bucket_ids(idx: Tensor, buckets: int) -> Tensor:
+    """BigramHash bucket per position (STACK 3.6): idx (..., T) integer -> (..., T) int64 in [0, buckets).
+
+    bucket_t = ((36313 * x_t) XOR (27191 * x_{t-1})) mod (buckets - 1) for t >= 1, bucket_0 = buckets - 1.
+    STACK says the products are 32-bit ints. For vocab <= 1024 nothing overflows, but 36313 * x exceeds
+    2^31 - 1 from x = 59,139 on (vocab up to 65,536 is allowed), so we compute in int64 and wrap each
+    product to signed int32 explicitly (int32 overflow is not something to rely on); XOR of the
+    sign-extended values equals the sign extension of the int32 XOR; `%` is floor-mod (Python / torch
+    remainder semantics), so a negative XOR still lands in [0, buckets - 1).
+    """
+    x = idx.to(torch.int64)
+    mod = buckets - 1
+    cur = _wrap_int32(_HASH_CUR * x[..., 1:])
+    prev = _wrap_int32(_HASH_PREV * x[..., :-1])
+    h = torch.bitwise_xor(cur, prev) % mod  # (..., T-1)
+    first = torch.full_like(x[..., :1], mod)  # reserved bucket for position 0 of every sequence
+    return torch.cat((first, h), dim=-1)
+
+
+class BigramHash(nn.Module):
+    """Hashed (previous, current) token-pair embedding added to the token embedding (PR #162; 3072x112 in
+    PR #1019): scale * proj(table[bucket]). Only input tokens are hashed, so it is causal."""
+
+    def __init__(self, buckets: int, dim: int, model_dim: int) -> None:
+        super().__init__()
+        self.buckets = buckets
+        self.table = _param(buckets, dim, role=Role.EMBED)  # (Vb, Db)
+        self.proj = _param(model_dim, dim, role=Role.PROJ)  # (D, Db)
+        self.scale = _param(1, role=Role.SCALAR)  # (1,)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        """idx (B, T) -> (B, T, D)."""
+        e = F.embedding(bigram_bucket_ids(idx, self.buckets), self.table)  # (B, T, Db)
+        return self.scale.to(e.dtype) * F.linear(e, self.proj.to(e.dtype))
+
+
+class ValueEmbedding(nn.Module):
+    """Shared value embedding (PR #374): scale * proj(table[x]) -> (B, T, Hkv*Dh), added to v on the
+    chosen layers, each multiplying it by its own learnable scalar (layer_scales[j] for ve_layers[j])."""
+
+    def __init__(self, vocab_size: int, dim: int, kv_dim: int, num_layers_used: int) -> None:
+        super().__init__()
+        self.table = _param(vocab_size, dim, role=Role.EMBED)  # (V, Dv)
+        self.proj = _param(kv_dim, dim, role=Role.PROJ)  # (Hkv*Dh, Dv)
+        self.scale = _param(1, role=Role.SCALAR)  # (1,) shared
+        self.layer_scales = _param(num_layers_used, role=Role.SCALAR)  # (n_ve_layers,)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        """idx (B, T) -> shared value embedding (B, T, Hkv*Dh), before the per-layer scale."""
+        e = F.embedding(idx, self.table)  # (B, T, Dv)
+        return self.scale.to(e.dtype) * F.linear(e, self.proj.to(e.dtype))
+
+
+class SmearGate(nn.Module):
+    """h_t = (1 - g) e_t + g e_{t-1}, e_{-1} = 0, g = sigmoid(w) per channel (as in PR #1019; STACK 3.2).
+
+    The first position of every row sees zeros, so nothing leaks across sequences/windows.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.w = _param(dim, role=Role.GATE)  # (D,)
+
+    def forward(self, e: Tensor) -> Tensor:
+        """e (B, T, D) -> (B, T, D)."""
+        g = torch.sigmoid(self.w.to(e.dtype))  # (D,)
+        prev = F.pad(e[:, :-1], (0, 0, 1, 0))  # (B, T, D): e shifted right by one, zeros at t = 0
+        return (1 - g) * e + g * prev
