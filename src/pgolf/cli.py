@@ -147,6 +147,63 @@ def cmd_data_fineweb(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ train
+
+
+def cmd_train(args) -> int:
+    from pgolf import runtime
+    from pgolf.train.loop import default_run_dir, load_run_config, train
+
+    env = runtime.init(args.device)
+    try:
+        if args.resume:
+            if args.sets or args.seed is not None or args.preset_given:
+                raise _usage("--resume continues a run with its own config.json; drop --preset/--set/--seed")
+            cfg = load_run_config(args.resume)
+            run_dir = args.resume
+        else:
+            cfg, _ = _resolve(args)
+            run_dir = args.run_dir or default_run_dir(cfg, env)
+        res = train(cfg, env, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+        if env.is_main:
+            v = res.val or {}
+            print(f"train: {res.steps} steps in {res.train_seconds:.1f}s ({res.stopped_by}); "
+                  f"val_bpb {v.get('val_bpb', float('nan')):.4f} (pre-quantization); run dir {res.run_dir}")
+        return 0
+    finally:
+        runtime.shutdown(env)
+
+
+def cmd_budget(args) -> int:
+    from pgolf.budget import format_budget, model_budget
+
+    cfg, _ = _resolve(args)
+    b = model_budget(cfg)
+    print(json.dumps(b, indent=2) if args.json else format_budget(b))
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    from pgolf import runtime
+    from pgolf.bench import bench_train
+
+    cfg, _ = _resolve(args)
+    env = runtime.init(args.device)
+    try:
+        res = bench_train(cfg, env, steps=args.steps)
+        if env.is_main:
+            print(json.dumps(res, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in res.items()))
+        return 0
+    finally:
+        runtime.shutdown(env)
+
+
+def _usage(msg: str):
+    from pgolf.config import ConfigError
+
+    return ConfigError(msg)
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 
@@ -206,12 +263,39 @@ def build_parser() -> argparse.ArgumentParser:
     fw.add_argument("--remote-root", default=None, help="default 'datasets' or MATCHED_FINEWEB_REMOTE_ROOT_PREFIX")
     fw.add_argument("--revision", default=None, help="pin a repo revision (commit sha)")
     fw.set_defaults(fn=cmd_data_fineweb)
+
+    # train
+    tr = verbs.add_parser("train", help="train a model (torchrun for several processes)")
+    _add_config_args(tr, preset_default="record")
+    tr.add_argument("--run-dir", default=None, help="run directory (default runs/<run_id>)")
+    tr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed run from its checkpoint")
+    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    tr.set_defaults(fn=cmd_train)
+
+    # budget
+    bu = verbs.add_parser("budget", help="parameter count per role and packed artifact size estimate")
+    _add_config_args(bu)
+    bu.add_argument("--json", action="store_true")
+    bu.set_defaults(fn=cmd_budget)
+
+    # bench
+    be = verbs.add_parser("bench", help="benchmarks that print figures")
+    bs = be.add_subparsers(dest="sub", metavar="SUB", required=True)
+    bt = bs.add_parser("train", help="training throughput (tokens/s) and peak memory")
+    _add_config_args(bt)
+    bt.add_argument("--steps", type=int, default=10, help="timed steps after the warm-up")
+    bt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bt.add_argument("--json", action="store_true")
+    bt.set_defaults(fn=cmd_bench_train)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw)
+    args.preset_given = "--preset" in raw
     fn: Callable = args.fn
     try:
         return int(fn(args) or 0)

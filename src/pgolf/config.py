@@ -161,6 +161,9 @@ class TrainConfig:
     seq_len: int = 2048
     batch_tokens: int = 786_432
     """Global tokens per optimizer step, fixed across world sizes (accumulation is derived)."""
+    grad_accum: int = 0
+    """Micro-batches per rank per step; 0 = auto (the challenge's 8 // world_size, at least 1). Any value
+    gives the same math: every step trains on the same global windows, averaged over all of them."""
     iterations: int = 20_000
     max_wallclock_seconds: float = 600.0
     """Training-time cap, measured from after the compile warm-up; 0 = no cap."""
@@ -192,6 +195,7 @@ class TrainConfig:
         _require(self.batch_tokens % self.seq_len == 0, p + "batch_tokens",
                  f"{self.batch_tokens} is not a multiple of train.seq_len={self.seq_len}")
         _require(self.iterations >= 0, p + "iterations", "must be >= 0")
+        _require(self.grad_accum >= 0, p + "grad_accum", "must be >= 0 (0 = auto)")
         _require(self.max_wallclock_seconds >= 0, p + "max_wallclock_seconds", "must be >= 0 (0 = no cap)")
         for name in ("warmup_steps", "warmdown_iters", "val_every", "val_max_tokens", "checkpoint_every"):
             _require(getattr(self, name) >= 0, p + name, "must be >= 0")

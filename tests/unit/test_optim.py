@@ -287,8 +287,8 @@ def test_adamw_groups_match_torch_adamw():
         _set_grads(model, step)
         _set_grads(twin, step)
         opts.step(m, 0.95)
-        for group in ref.param_groups:
-            group["lr"] = lr[roles[ref.param_groups.index(group)]] * m
+        for group, r in zip(ref.param_groups, roles):
+            group["lr"] = lr[r] * m
         ref.step()
     for n in names:
         assert torch.equal(getattr(model, n), getattr(twin, n)), n
@@ -373,8 +373,9 @@ def test_lr_multiplier_wallclock():
     assert lr_multiplier(600, 600.0, 600.0, 100, 20_000) == 0.0
     assert lr_multiplier(650, 650.0, 600.0, 100, 20_000) == 0.0
     # The iteration count does not matter with a cap; a slower step widens the window in seconds.
-    assert lr_multiplier(275, 550.0, 600.0, 100, 300) == 1.0  # 2 s/step -> 200 s window, 50 s left... 
+    # At 2 s/step the window is 200 s: at 500 s (100 s left) the multiplier is 0.5, not 1.
     assert lr_multiplier(250, 500.0, 600.0, 100, 300) == pytest.approx(0.5)
+    assert lr_multiplier(275, 550.0, 600.0, 100, 300) == pytest.approx(0.25)
     # A window longer than the cap decays from the first measured step (record behaviour).
     assert lr_multiplier(1, 1.0, 600.0, 4000, 20_000) == pytest.approx(599 / 4000)
 

@@ -101,8 +101,8 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """
     half = cos.size(-1)
     rot = 2 * half
-    cos = cos[None, :, None, :]  # (1, T, 1, R/2)
-    sin = sin[None, :, None, :]
+    cos = cos.to(x.dtype)[None, :, None, :]  # (1, T, 1, R/2); cast so the tables never promote x
+    sin = sin.to(x.dtype)[None, :, None, :]
     u, w, rest = x[..., :half], x[..., half:rot], x[..., rot:]  # (B, T, H, R/2) x2, (B, T, H, Dh-R)
     return torch.cat((u * cos + w * sin, w * cos - u * sin, rest), dim=-1)
 
@@ -140,7 +140,7 @@ class CausalSelfAttention(nn.Module):
         self.k = _param(kv, d, role=Role.MATRIX)  # (Hkv*Dh, D)
         self.v = _param(kv, d, role=Role.MATRIX)  # (Hkv*Dh, D)
         self.o = _param(d, d, role=Role.MATRIX)  # (D, H*Dh)
-        # Learnable per-head query gain; with QK-norm it sets the attention temperature (PR #1217 sweep).
+        # Per-head query gain (naive baseline); with QK-norm it sets the temperature (init 5.0: PR #1217 sweep).
         self.q_gain = _param(cfg.num_heads, role=Role.SCALAR)  # (H,)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ve: Tensor | None = None) -> Tensor:
@@ -153,9 +153,12 @@ class CausalSelfAttention(nn.Module):
             v = v + ve.to(v.dtype)  # value embedding (PR #374), added before the head reshape
         v = v.view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, Hkv, Dh)
         if self.qk_norm:
-            q, k = rms_norm(q), rms_norm(k)
+            q, k = rms_norm(q), rms_norm(k)  # QK-norm over Dh, no learnable scale (STACK 3.3 step 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, None, :, None]  # gain on q only, none on k
+        # Under autocast rms_norm runs in fp32 while the linears give bf16; a kernel such as FA3 needs one
+        # dtype, so q and k go back to the projections' compute dtype (a no-op without autocast).
+        q, k = q.to(v.dtype), k.to(v.dtype)
         y = self.attn_impl(q, k, v)  # (B, T, H, Dh)
         if self.use_xsa:
             y = xsa_project(y, v)

@@ -72,3 +72,9 @@ def count_by_role(model: nn.Module) -> dict[str, int]:
     for p in model.parameters():
         counts[role_of(p).value] += p.numel()
     return counts
+
+
+def retag(model: nn.Module, roles: dict[str, Role]) -> None:
+    """Re-attach roles by name after an operation that replaces Parameter objects (e.g. to_empty)."""
+    for name, p in model.named_parameters():
+        tag(p, roles[name])

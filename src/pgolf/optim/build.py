@@ -67,12 +67,12 @@ class Optimizers:
         size; clipping after the all-reduce keeps the same math at every world size.
         max_norm <= 0 only measures the norm.
         """
-        grads = [p.grad for p in self.params() if p.grad is not None]
-        if not grads:
+        params = [p for p in self.params() if p.grad is not None]
+        if not params:
             return torch.zeros(())
         if max_norm > 0:
-            return nn.utils.clip_grad_norm_(self.params(), max_norm, foreach=True)
-        return nn.utils.get_total_norm(grads, foreach=True)
+            return nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        return nn.utils.get_total_norm([p.grad for p in params], foreach=True)
 
     def state_dict(self) -> dict[str, Any]:
         # Param groups (with base_lr, lr, momentum) and per-parameter state of each optimizer.

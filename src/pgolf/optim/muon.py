@@ -128,6 +128,7 @@ class Muon(torch.optim.Optimizer):
     `momentum` every step (schedule.py). Gradients must already be averaged across ranks (see module
     docstring).
 
+    ns_steps: Newton-Schulz iterations (optimizer-wide).
     dist_env: the run's DistEnv; None means a single process.
     sharded: split the NS work across ranks (Parallel Muon); ignored at world size 1.
     ns_dtype: Newton-Schulz precision; None = bf16 on CUDA, float32 on CPU.

@@ -1,0 +1,436 @@
+"""The training loop (STACK.md section 4): same code on a 2-core CPU, one GPU and N GPUs.
+
+- Fixed global batch (train.batch_tokens); every step trains on the same global windows whatever the
+  world size and accumulation (the loader stripes them), and the loss is the mean over all of them,
+  so 1 rank x accumulation 2 and 2 ranks x accumulation 1 compute the same update.
+- Gradients are averaged across ranks (DDP), then clipped by their GLOBAL norm. (The original clips
+  each rank's local gradient before communication; that would make the math depend on world size.)
+- Warm-up: `warmup_steps` real steps to compile kernels, then weights, optimizers and loader are
+  restored, so measured training starts from the true initial state (not charged to the clock).
+- Clock: training time excludes warm-up and periodic validation; the wallclock cap stops the loop
+  after the step that crosses it; the LR warmdown is wallclock-based (optim.schedule).
+- EMA of all weights is loaded at the end; a final validation of the EMA model is logged.
+- Checkpoints every `checkpoint_every` steps and at the end; `resume=True` continues from the last
+  one. On CPU the continuation is bit-identical when the schedule is iteration-based (cap 0); with a
+  wallclock cap the schedule depends on measured time, by design.
+- A non-finite loss stops the run with a clear error; the last good checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pgolf.config import RunConfig, config_hash, from_dict, to_dict
+from pgolf.data.loader import build_train_loader
+from pgolf.data.shards import list_shards, load_val_tokens
+from pgolf.data.tokenizer import build_byte_luts, load_tokenizer, luts_to_torch
+from pgolf.model.gpt import GPT
+from pgolf.model.kernels import select_attention
+from pgolf.model.roles import retag, roles_by_name
+from pgolf.optim.build import build_optimizers
+from pgolf.optim.schedule import lr_multiplier, muon_momentum
+from pgolf.runtime import DistEnv, seed_everything
+from pgolf.scoring.plain import score_plain
+from pgolf.telemetry import PhaseTimer, Progress, RunLogger, environment_fingerprint
+from pgolf.train.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pgolf.train.ema import EMA
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    train_seconds: float
+    stopped_by: str
+    tokens_per_second: float
+    step_avg_ms: float
+    val: dict | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def derive_grad_accum(cfg: RunConfig, world_size: int, device_type: str = "cuda") -> int:
+    """train.grad_accum, or when 0: the challenge's 8 // world_size on GPU (memory-bound), 1 on CPU.
+
+    The choice never changes the math (the loader stripes the same global windows over any split).
+    """
+    if cfg.train.grad_accum:
+        return cfg.train.grad_accum
+    a = max(1, 8 // world_size) if device_type == "cuda" else 1
+    global_seqs = cfg.train.batch_tokens // cfg.train.seq_len
+    while a > 1 and global_seqs % (world_size * a):
+        a -= 1
+    return a
+
+
+def resolve_precision(cfg: RunConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """-> (autocast dtype or None for fp32, compile on?)."""
+    p = cfg.train.precision
+    dtype = torch.bfloat16 if (p == "bf16" or (p == "auto" and device.type == "cuda")) else None
+    c = cfg.train.compile
+    return dtype, (c == "on" or (c == "auto" and device.type == "cuda"))
+
+
+def build_model(cfg: RunConfig, device: torch.device, attn_impl=None) -> GPT:
+    """The model, initialized from cfg.seed alone (built on the meta device, so init runs once)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with torch.device("meta"):
+        model = GPT(cfg.model, attn_impl=attn_impl)
+    roles = roles_by_name(model)
+    model = model.to_empty(device="cpu")  # new Parameter objects: carry the roles over by name
+    retag(model, roles)
+    model.init_weights(gen)
+    return model.to(device)
+
+
+class Trainer:
+    """One training run. `Trainer(cfg, env, run_dir).run()`; `resume=True` continues run_dir."""
+
+    def __init__(self, cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, resume: bool = False,
+                 progress: bool = True, echo: bool = True):
+        self.cfg, self.env, self.run_dir = cfg, env, Path(run_dir)
+        self.resume = resume
+        self.progress = progress
+        self.log = RunLogger(self.run_dir, env.is_main, echo=echo)
+        self.reads: list[dict] = []
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def _setup(self) -> None:
+        cfg, env = self.cfg, self.env
+        seed_everything(cfg.seed)
+        self.device = env.device
+        self.amp_dtype, self.compile = resolve_precision(cfg, self.device)
+        self.accum = derive_grad_accum(cfg, env.world_size, self.device.type)
+        attn, attn_name, warn = select_attention(cfg.train.attention, self.device)
+        if warn:
+            self.log.log(warn)
+        self.attn_name = attn_name
+        self.model = build_model(cfg, self.device, attn)
+        self.vocab = cfg.model.vocab_size
+        data_dir = Path(cfg.data.path)
+        self.train_files = list_shards(data_dir, "train")
+        self.loader = self._new_loader()
+        if hasattr(self.loader, "open_all"):
+            self.loader.open_all()  # validate every train shard before the clock starts
+        for p in self.train_files[: cfg.data.train_shards or None]:
+            self.reads.append({"file": str(p), "purpose": "train"})
+        # Validation stream + byte LUTs, for periodic and final validation only (never for gradients).
+        self.val_tokens = load_val_tokens(data_dir, self.vocab)
+        for p in list_shards(data_dir, "val"):
+            self.reads.append({"file": str(p), "purpose": "periodic_eval"})
+        sp = load_tokenizer(cfg.data.tokenizer_path)
+        if sp.vocab_size() > self.vocab:
+            raise ValueError(f"{cfg.data.tokenizer_path}: tokenizer vocab {sp.vocab_size()} exceeds "
+                             f"model.vocab_size={self.vocab}")
+        self.luts_t = luts_to_torch(build_byte_luts(sp, self.vocab), self.device)
+        self.raw_model = self.model
+        self.fwd_model = torch.compile(self.model, dynamic=False) if self.compile else self.model
+        if env.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp = DDP(self.fwd_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                           broadcast_buffers=False)
+        else:
+            self.ddp = None
+        self.opt = build_optimizers(self.raw_model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings,
+                                    dist_env=env, device=self.device)
+        self.ema = EMA(self.raw_model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        self.step = 0
+        self.train_seconds = 0.0
+        self.val_history: list[dict] = []
+
+    def _new_loader(self):
+        cfg = self.cfg
+        return build_train_loader(cfg.data.path, seq_len=cfg.train.seq_len, batch_tokens=cfg.train.batch_tokens,
+                                  rank=self.env.rank, world_size=self.env.world_size, grad_accum=self.accum,
+                                  data_cfg=cfg.data, vocab_size=self.vocab)
+
+    def _header(self) -> None:
+        cfg, env = self.cfg, self.env
+        fp = environment_fingerprint(self.device, env.world_size)
+        self.log.write_json("env.json", {**fp, "attention": self.attn_name, "compile": self.compile,
+                                         "autocast": str(self.amp_dtype)})
+        self.log.write_json("config.json", {"config": to_dict(cfg), "config_hash": config_hash(cfg)})
+        counts = self.raw_model.param_count_by_role()
+        self.log.log(f"pgolf {fp['pgolf']} torch {fp['torch']} python {fp['python']} device:{self.device} "
+                     f"gpu:{fp.get('gpu', '-')}")
+        self.log.log(f"preset:{cfg.preset} config_hash:{config_hash(cfg)[:16]} seed:{cfg.seed}")
+        self.log.log(f"model_params:{self.raw_model.num_params()} " + " ".join(f"{k}:{v}" for k, v in counts.items() if v))
+        self.log.log(f"world_size:{env.world_size} grad_accum_steps:{self.accum} "
+                     f"global_batch_tokens:{cfg.train.batch_tokens} seq_len:{cfg.train.seq_len}")
+        self.log.log(f"attention:{self.attn_name} compile:{self.compile} "
+                     f"precision:{'bf16-autocast' if self.amp_dtype else 'fp32'}")
+        d = self.loader.describe()
+        self.log.log(f"train_loader:{d.get('kind')} train_shards:{d.get('shards')} "
+                     f"train_tokens:{d.get('train_tokens')}")
+        self.log.log(f"val_loader:shards:{len(list_shards(cfg.data.path, 'val'))} tokens:{len(self.val_tokens)}")
+        for role, g in self.opt.groups_summary().items():
+            self.log.log(f"optim:{role} " + " ".join(f"{k}:{v}" for k, v in g.items()))
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def _payload(self) -> dict:
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()},
+            "optim": self.opt.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "loader": self.loader.state_dict(),
+            "rng": rng_state(),
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "val_history": self.val_history,
+            "config": to_dict(self.cfg),
+            "config_hash": config_hash(self.cfg),
+        }
+
+    def save(self, name: str = LAST) -> None:
+        if self.env.is_main:
+            save_checkpoint(self.run_dir / "ckpt" / name, self._payload())
+        self.env.barrier()
+
+    def _restore(self, ck: dict) -> None:
+        if ck["config_hash"] != config_hash(self.cfg):
+            raise ValueError(f"{self.run_dir}: checkpoint config hash {ck['config_hash'][:16]} differs from the "
+                             f"run's config {config_hash(self.cfg)[:16]}")
+        self.raw_model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optim"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ck["ema"])
+        self.loader.load_state_dict(ck["loader"])
+        set_rng_state(ck["rng"])
+        self.step = int(ck["step"])
+        self.train_seconds = float(ck["train_seconds"])
+        self.val_history = list(ck.get("val_history", []))
+
+    # ------------------------------------------------------------------------------------------ pieces
+
+    def _amp(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def train_step(self, lr_mult: float, momentum: float) -> torch.Tensor:
+        """One optimizer step on the next global batch; returns the mean loss as a 0-d tensor (no sync)."""
+        micro = self.loader.next_step()
+        net = self.ddp if self.ddp is not None else self.fwd_model
+        total = torch.zeros((), device=self.device, dtype=torch.float32)
+        for i, (x, y) in enumerate(micro):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            last = i == len(micro) - 1
+            ctx = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
+            with ctx:
+                with self._amp():
+                    logits = net(x)
+                loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+                (loss / len(micro)).backward()
+            total += loss.detach() / len(micro)
+        if self.cfg.train.grad_clip_norm > 0:
+            self.opt.clip_grad_norm_(self.cfg.train.grad_clip_norm)
+        self.opt.step(lr_mult, momentum)
+        self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.raw_model)
+        if self.env.distributed:  # report the global mean loss
+            self.env.all_reduce_(total)
+            total /= self.env.world_size
+        return total
+
+    def validate(self, model: torch.nn.Module | None = None, max_tokens: int | None = None) -> dict:
+        cfg = self.cfg
+        # Validation batches are sized by tokens (no gradients): 128k tokens per forward, capped at 64 rows.
+        s = score_plain(model or self.fwd_model, self.val_tokens, cfg.train.seq_len, self.luts_t, self.env,
+                        batch_seqs=max(1, min(64, 131_072 // cfg.train.seq_len)),
+                        autocast_dtype=self.amp_dtype,
+                        max_tokens=cfg.train.val_max_tokens if max_tokens is None else max_tokens)
+        return {"val_loss": s.loss, "val_bpb": s.bpb, "val_targets": s.targets, "val_bytes": s.bytes}
+
+    def _warmup(self) -> None:
+        n = self.cfg.train.warmup_steps
+        if n <= 0:
+            return
+        snap_model = {k: v.detach().clone() for k, v in self.raw_model.state_dict().items()}
+        snap_opt = self.opt.state_dict()
+        snap_ema = self.ema.state_dict() if self.ema else None
+        snap_loader = self.loader.state_dict()
+        snap_rng = rng_state()
+        with PhaseTimer(self.log, "compile_warmup", self.device) as t:
+            for _ in range(n):
+                self.train_step(1.0, self.cfg.optim.muon_momentum_warmup_start)
+            self._sync()
+        self.raw_model.load_state_dict(snap_model)
+        import copy
+
+        self.opt.load_state_dict(copy.deepcopy(snap_opt))
+        if self.ema is not None:
+            self.ema.load_state_dict(snap_ema)
+        self.loader.load_state_dict(snap_loader)
+        set_rng_state(snap_rng)
+        self.log.log(f"warmup_steps:{n} warmup_time:{t.seconds:.1f}s (not charged; state restored)")
+
+    # ------------------------------------------------------------------------------------------ run
+
+    def run(self, stop_after: int | None = None) -> TrainResult:
+        """Train to the iteration cap or wallclock cap. stop_after: leave after that many steps in this
+        process (for tests that kill/resume), without final EMA/validation."""
+        self._setup()
+        cfg, env = self.cfg, self.env
+        if self.resume:
+            ck = load_checkpoint(self.run_dir / "ckpt" / LAST)
+            self._restore(ck)
+            self.log.log(f"resumed_from_step:{self.step} train_time:{self.train_seconds * 1000:.0f}ms")
+        else:
+            self._header()
+        self.log.write_json("reads.json", self.reads)
+        self._warmup()
+
+        iters = cfg.train.iterations
+        cap = cfg.train.max_wallclock_seconds
+        tokens_per_step = cfg.train.batch_tokens
+        stopped_by = "iterations"
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)  # sticky non-finite flag (no sync)
+        steps_here = 0
+        bar = Progress("train", total=iters if not cap else None, unit="step", enabled=self.progress and env.is_main,
+                       interval=30.0)
+        self._sync()
+        t_start = time.perf_counter()
+        base = self.train_seconds
+        last_loss = float("nan")
+        try:
+            while True:
+                elapsed = base + (time.perf_counter() - t_start)
+                cap_hit = cap > 0 and elapsed >= cap
+                if env.distributed:  # every rank stops after the same step
+                    flag = torch.tensor(float(cap_hit), device=self.device)
+                    cap_hit = bool(env.all_reduce_(flag, "max").item())
+                done = self.step >= iters or cap_hit
+                due_val = cfg.train.val_every > 0 and self.step > 0 and self.step % cfg.train.val_every == 0
+                if due_val and not done:
+                    self._sync()
+                    base += time.perf_counter() - t_start  # pause the clock
+                    with PhaseTimer(self.log, "periodic_val", self.device):
+                        v = self.validate()
+                    self._log_val(v, base)
+                    t_start = time.perf_counter()
+                if done:
+                    if cap_hit:
+                        stopped_by = "wallclock_cap"
+                        self.log.log(f"stopping_early: wallclock_cap train_time:{elapsed * 1000:.0f}ms "
+                                     f"step:{self.step}/{iters}")
+                    break
+                lr_mult = lr_multiplier(self.step, elapsed, cap, cfg.train.warmdown_iters, iters)
+                mom = muon_momentum(self.step, cfg.optim.muon_momentum_warmup_start, cfg.optim.muon_momentum,
+                                    cfg.optim.muon_momentum_warmup_steps)
+                loss = self.train_step(lr_mult, mom)
+                bad |= ~torch.isfinite(loss)
+                self.step += 1
+                steps_here += 1
+                bar.update(1)
+                log_now = self.step % cfg.train.log_every == 0 or self.step <= 5 or self.step == iters
+                ck_now = cfg.train.checkpoint_every > 0 and self.step % cfg.train.checkpoint_every == 0
+                if log_now or ck_now or self.device.type == "cpu":
+                    if bool(bad.item()):  # sync point: at log cadence (every step on CPU, where it is free)
+                        raise NonFiniteLossError(
+                            f"non-finite training loss at or before step {self.step}; stopping. The last good "
+                            f"checkpoint (if any) is kept in {self.run_dir / 'ckpt'}")
+                if log_now:
+                    last_loss = float(loss.item())  # sync point: log cadence
+                    el = base + (time.perf_counter() - t_start)
+                    avg = 1000 * el / self.step
+                    self.log.log(f"step:{self.step}/{iters} train_loss:{last_loss:.4f} train_time:{el * 1000:.0f}ms "
+                                 f"step_avg:{avg:.2f}ms tok/s:{tokens_per_step * self.step / max(el, 1e-9):.0f} "
+                                 f"lr_mult:{lr_mult:.4f}")
+                    self.log.metric(kind="train", step=self.step, train_loss=last_loss, train_time_s=el,
+                                    step_avg_ms=avg, lr_mult=lr_mult, muon_momentum=mom)
+                if ck_now:
+                    self._sync()
+                    self.train_seconds = base + (time.perf_counter() - t_start)
+                    self.save()
+                if stop_after is not None and steps_here >= stop_after:
+                    self._sync()
+                    self.train_seconds = base + (time.perf_counter() - t_start)
+                    bar.close()
+                    return TrainResult(self.run_dir, self.step, self.train_seconds, "stop_after", 0.0, 0.0)
+        finally:
+            bar.close()
+        self._sync()
+        self.train_seconds = base + (time.perf_counter() - t_start)
+        self.log.set_timing("train", self.train_seconds)  # total across resumes
+        if bool(bad.item()):
+            raise NonFiniteLossError(f"non-finite training loss before step {self.step}; stopping")
+        step_avg = 1000 * self.train_seconds / max(self.step, 1)
+        tps = tokens_per_step * self.step / max(self.train_seconds, 1e-9)
+        if self.device.type == "cuda":
+            self.log.log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
+                         f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
+
+        # Final: raw model validation, then EMA weights loaded and validated (diagnostic, pre-quantization).
+        with PhaseTimer(self.log, "final_val", self.device):
+            raw_v = self.validate(max_tokens=0)
+            self._log_val(raw_v, self.train_seconds, tag="final_raw")
+            if self.ema is not None:
+                self.ema.copy_to(self.raw_model)
+                ema_v = self.validate(max_tokens=0)
+                self._log_val(ema_v, self.train_seconds, tag="final_ema")
+            else:
+                ema_v = raw_v
+        self.save()
+        if env.is_main:
+            torch.save({k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()},
+                       self.run_dir / "model_final.pt")
+        summary = {"steps": self.step, "train_seconds": self.train_seconds, "stopped_by": stopped_by,
+                   "step_avg_ms": step_avg, "tokens_per_second": tps, "final_val": ema_v, "final_val_raw": raw_v,
+                   "ema": self.ema is not None, "world_size": env.world_size, "grad_accum": self.accum}
+        self.log.write_json("train_summary.json", summary)
+        self.log.log(f"train_done steps:{self.step} train_time:{self.train_seconds * 1000:.0f}ms "
+                     f"step_avg:{step_avg:.2f}ms tok/s:{tps:.0f}")
+        return TrainResult(self.run_dir, self.step, self.train_seconds, stopped_by, tps, step_avg, ema_v)
+
+    def _log_val(self, v: dict, el: float, tag: str = "") -> None:
+        prefix = f"{tag} " if tag else ""
+        self.log.log(f"{prefix}step:{self.step}/{self.cfg.train.iterations} val_loss:{v['val_loss']:.4f} "
+                     f"val_bpb:{v['val_bpb']:.4f} train_time:{el * 1000:.0f}ms "
+                     f"step_avg:{1000 * el / max(self.step, 1):.2f}ms")
+        rec = {"kind": "val", "tag": tag or "periodic", "step": self.step, "train_time_s": el, **v}
+        self.val_history.append(rec)
+        self.log.metric(**rec)
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    import json
+
+    p = Path(run_dir) / "config.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: not a pgolf run directory (no config.json)")
+    return from_dict(json.loads(p.read_text())["config"], source=str(p))
+
+
+def default_run_dir(cfg: RunConfig, env: DistEnv, root: str | Path = "runs") -> Path:
+    """runs/<run_id>, with run_id = cfg.run_id or <preset>_s<seed>_<UTC time>, agreed across ranks."""
+    name = cfg.run_id or f"{cfg.preset}_s{cfg.seed}_{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    if env.distributed:
+        import torch.distributed as dist
+
+        box = [name]
+        dist.broadcast_object_list(box, src=0)
+        name = box[0]
+    return Path(root) / name
+
+
+def train(cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          echo: bool = True) -> TrainResult:
+    return Trainer(cfg, env, run_dir, resume=resume, progress=progress, echo=echo).run()
