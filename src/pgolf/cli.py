@@ -29,12 +29,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errs: list[type[BaseException]] = [ConfigError, DocsError, PrepareError, ShardError, TokenizerError,
                                        VerifyError, FileNotFoundError]
-    try:
-        from pgolf.data.fineweb import FinewebError
+    from pgolf.data.fineweb import FinewebError
+    from pgolf.train.loop import NonFiniteLossError
 
-        errs.append(FinewebError)
-    except ImportError:
-        pass
+    errs += [FinewebError, NonFiniteLossError]
     return tuple(errs)
 
 

@@ -174,7 +174,8 @@ class TrainConfig:
     val_every: int = 4000
     """Periodic validation cadence in steps (the clock pauses); 0 = only at the end."""
     val_max_tokens: int = 0
-    """Periodic validation on a prefix of the validation stream (0 = all of it)."""
+    """Validation during and at the end of training on a prefix of the stream (0 = all of it). This
+    is a diagnostic; the score of record comes from evaluating the artifact."""
     log_every: int = 200
     ema_decay: float = 0.997
     """EMA of all weights, loaded at the end; 0 = off."""

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,7 +265,7 @@ class Trainer:
         if n <= 0:
             return
         snap_model = {k: v.detach().clone() for k, v in self.raw_model.state_dict().items()}
-        snap_opt = self.opt.state_dict()
+        snap_opt = copy.deepcopy(self.opt.state_dict())  # state_dict() aliases the live state tensors
         snap_ema = self.ema.state_dict() if self.ema else None
         snap_loader = self.loader.state_dict()
         snap_rng = rng_state()
@@ -273,9 +274,7 @@ class Trainer:
                 self.train_step(1.0, self.cfg.optim.muon_momentum_warmup_start)
             self._sync()
         self.raw_model.load_state_dict(snap_model)
-        import copy
-
-        self.opt.load_state_dict(copy.deepcopy(snap_opt))
+        self.opt.load_state_dict(snap_opt)
         if self.ema is not None:
             self.ema.load_state_dict(snap_ema)
         self.loader.load_state_dict(snap_loader)
@@ -380,11 +379,11 @@ class Trainer:
 
         # Final: raw model validation, then EMA weights loaded and validated (diagnostic, pre-quantization).
         with PhaseTimer(self.log, "final_val", self.device):
-            raw_v = self.validate(max_tokens=0)
+            raw_v = self.validate()
             self._log_val(raw_v, self.train_seconds, tag="final_raw")
             if self.ema is not None:
                 self.ema.copy_to(self.raw_model)
-                ema_v = self.validate(max_tokens=0)
+                ema_v = self.validate()
                 self._log_val(ema_v, self.train_seconds, tag="final_ema")
             else:
                 ema_v = raw_v
