@@ -49,7 +49,9 @@ def score_plain(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, luts_t
             y = torch.stack([buf[i * seq_len + 1:(i + 1) * seq_len + 1] for i in range(e - b)])  # (B, T)
             with amp:
                 logits = model(x)
-            nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+            lg = logits.reshape(-1, logits.size(-1))
+            lg = lg.to(torch.promote_types(lg.dtype, torch.float32))  # at least fp32
+            nll = F.cross_entropy(lg, y.reshape(-1), reduction="none")
             acc.add(nll, target_bytes_torch(luts_t, x.reshape(-1), y.reshape(-1)))
     finally:
         model.train(was_training)

@@ -254,7 +254,8 @@ class Trainer:
     def validate(self, model: torch.nn.Module | None = None, max_tokens: int | None = None) -> dict:
         cfg = self.cfg
         # Validation batches are sized by tokens (no gradients): 128k tokens per forward, capped at 64 rows.
-        s = score_plain(model or self.fwd_model, self.val_tokens, cfg.train.seq_len, self.luts_t, self.env,
+        # The uncompiled module: validation shapes vary, and recompiling for them costs more than it saves.
+        s = score_plain(model or self.raw_model, self.val_tokens, cfg.train.seq_len, self.luts_t, self.env,
                         batch_seqs=max(1, min(64, 131_072 // cfg.train.seq_len)),
                         autocast_dtype=self.amp_dtype,
                         max_tokens=cfg.train.val_max_tokens if max_tokens is None else max_tokens)
