@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make demo`: the whole pipeline on the embedded corpus, offline. Stages are added as they land.
+# `make demo`: the pipeline on the embedded corpus, offline, on CPU. Stages are added as they land.
 set -euo pipefail
 OUT=${PGOLF_DEMO_OUT:-runs/demo}
+TRAIN_SECONDS=${PGOLF_DEMO_TRAIN_SECONDS:-90}
 mkdir -p "$OUT"
 echo "== pgolf demo: output in $OUT"
 
@@ -12,4 +13,13 @@ pgolf data prepare --docs default --val-docs 143 --vocab-size 1024 --out "$OUT/d
 echo "== 2/6 verify shards and byte accounting"
 pgolf data verify --data "$OUT/data"
 
-echo "== not built yet: train, quantize, evaluate, audit, report (issues #3-#6)"
+echo "== 3/6 train (cpu preset, ${TRAIN_SECONDS}s of training, eager bf16)"
+rm -rf "$OUT/run"
+pgolf train --preset cpu \
+  --set "data.path=$OUT/data/datasets/fineweb10B_sp1024" \
+  --set "data.tokenizer_path=$OUT/data/tokenizers/fineweb_1024_bpe.model" \
+  --set "train.max_wallclock_seconds=$TRAIN_SECONDS" --set train.compile=off \
+  --run-dir "$OUT/run"
+
+echo "== not built yet: quantize (issue #4), evaluate (#5), audit and report (#6)"
+echo "== demo done: run directory $OUT/run (log.txt, metrics.jsonl, config.json, timings.json)"

@@ -185,6 +185,16 @@ class GPT(nn.Module):
     # Bookkeeping
     # ----------------------------------------------------------------------------------------------
 
+    def set_qat(self, bits: int) -> None:
+        """Late QAT: fake-quantize every attention/MLP matrix to `bits` in the forward (0 = off)."""
+        for block in self.blocks:
+            block.attn.qat_bits = bits
+            block.mlp.qat_bits = bits
+
+    @property
+    def qat_bits(self) -> int:
+        return self.blocks[0].attn.qat_bits
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

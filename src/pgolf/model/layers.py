@@ -36,6 +36,20 @@ def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
+def fake_quant_ste(w: Tensor, bits: int) -> Tensor:
+    """Straight-through fake quantization of a matrix to a symmetric per-row int grid (late QAT).
+
+    Forward: round(w / s) * s with s = max|row| / (2^(bits-1) - 1), clamped to the grid; backward:
+    identity (the gradient w.r.t. the quantized weight flows to w unchanged). STACK.md 4.6 explains why
+    the original's QAT never ran; this one is an explicit module attribute, so torch.compile re-traces
+    when it is switched on.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    s = (w.detach().abs().amax(dim=-1, keepdim=True) / qmax).clamp_min(1e-12)  # (rows, 1)
+    q = torch.clamp(torch.round(w.detach() / s), -qmax, qmax) * s
+    return w + (q - w).detach()
+
+
 def _param(*shape: int, role: Role) -> nn.Parameter:
     # Values are written by GPT.init_weights; torch.empty keeps construction cheap and RNG-free.
     return tag(nn.Parameter(torch.empty(*shape)), role)
@@ -136,6 +150,7 @@ class CausalSelfAttention(nn.Module):
         self.qk_norm = cfg.qk_norm
         self.use_xsa = use_xsa
         self.attn_impl: AttnImpl = attn_impl if attn_impl is not None else sdpa_attention
+        self.qat_bits = 0  # > 0: late QAT, matrices fake-quantized in the forward (set by GPT.set_qat)
         self.q = _param(d, d, role=Role.MATRIX)  # (H*Dh, D)
         self.k = _param(kv, d, role=Role.MATRIX)  # (Hkv*Dh, D)
         self.v = _param(kv, d, role=Role.MATRIX)  # (Hkv*Dh, D)
@@ -146,9 +161,9 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ve: Tensor | None = None) -> Tensor:
         """x (B, T, D) already normed/scaled; cos/sin (T, R/2); ve (B, T, Hkv*Dh) or None -> (B, T, D)."""
         b, t, _ = x.shape
-        q = F.linear(x, self.q.to(x.dtype)).view(b, t, self.num_heads, self.head_dim)  # (B, T, H, Dh)
-        k = F.linear(x, self.k.to(x.dtype)).view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, Hkv, Dh)
-        v = F.linear(x, self.v.to(x.dtype))  # (B, T, Hkv*Dh)
+        q = F.linear(x, self._w(self.q, x.dtype)).view(b, t, self.num_heads, self.head_dim)  # (B, T, H, Dh)
+        k = F.linear(x, self._w(self.k, x.dtype)).view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, Hkv, Dh)
+        v = F.linear(x, self._w(self.v, x.dtype))  # (B, T, Hkv*Dh)
         if ve is not None:
             v = v + ve.to(v.dtype)  # value embedding (PR #374), added before the head reshape
         v = v.view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, Hkv, Dh)
@@ -162,7 +177,10 @@ class CausalSelfAttention(nn.Module):
         y = self.attn_impl(q, k, v)  # (B, T, H, Dh)
         if self.use_xsa:
             y = xsa_project(y, v)
-        return F.linear(y.reshape(b, t, -1), self.o.to(y.dtype))  # (B, T, D)
+        return F.linear(y.reshape(b, t, -1), self._w(self.o, y.dtype))  # (B, T, D)
+
+    def _w(self, w: Tensor, dtype: torch.dtype) -> Tensor:
+        return (fake_quant_ste(w, self.qat_bits) if self.qat_bits else w).to(dtype)
 
 
 class MLP(nn.Module):
@@ -172,13 +190,17 @@ class MLP(nn.Module):
         super().__init__()
         self.activation = cfg.mlp_activation
         self.slope = cfg.leaky_slope
+        self.qat_bits = 0  # > 0: late QAT, matrices fake-quantized in the forward (set by GPT.set_qat)
         self.up = _param(cfg.mlp_hidden, cfg.model_dim, role=Role.MATRIX)  # (F, D)
         self.down = _param(cfg.model_dim, cfg.mlp_hidden, role=Role.MATRIX)  # (D, F)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.linear(x, self.up.to(x.dtype))  # (B, T, F)
+        h = F.linear(x, self._w(self.up, x.dtype))  # (B, T, F)
         h = F.leaky_relu(h, self.slope) if self.activation == "leaky_relu2" else F.relu(h)
-        return F.linear(h.square(), self.down.to(h.dtype))  # (B, T, D)
+        return F.linear(h.square(), self._w(self.down, h.dtype))  # (B, T, D)
+
+    def _w(self, w: Tensor, dtype: torch.dtype) -> Tensor:
+        return (fake_quant_ste(w, self.qat_bits) if self.qat_bits else w).to(dtype)
 
 
 class Block(nn.Module):

@@ -188,6 +188,7 @@ class Trainer:
             "loader": self.loader.state_dict(),
             "rng": rng_state(),
             "step": self.step,
+            "qat_bits": self.raw_model.qat_bits,
             "train_seconds": self.train_seconds,
             "val_history": self.val_history,
             "config": to_dict(self.cfg),
@@ -210,6 +211,7 @@ class Trainer:
         self.loader.load_state_dict(ck["loader"])
         set_rng_state(ck["rng"])
         self.step = int(ck["step"])
+        self.raw_model.set_qat(int(ck.get("qat_bits", 0)))
         self.train_seconds = float(ck["train_seconds"])
         self.val_history = list(ck.get("val_history", []))
 
@@ -335,6 +337,11 @@ class Trainer:
                 lr_mult = lr_multiplier(self.step, elapsed, cap, cfg.train.warmdown_iters, iters)
                 mom = muon_momentum(self.step, cfg.optim.muon_momentum_warmup_start, cfg.optim.muon_momentum,
                                     cfg.optim.muon_momentum_warmup_steps)
+                qat_t = cfg.train.late_qat_threshold
+                if qat_t > 0 and lr_mult < qat_t and not self.raw_model.qat_bits:
+                    self.raw_model.set_qat(cfg.quant.matrix_bits)  # compiled graphs re-trace on this change
+                    self.log.log(f"late_qat:on bits:{cfg.quant.matrix_bits} step:{self.step} lr_mult:{lr_mult:.4f}")
+                    self.log.metric(kind="event", event="late_qat_on", step=self.step, lr_mult=lr_mult)
                 loss = self.train_step(lr_mult, mom)
                 bad |= ~torch.isfinite(loss)
                 self.step += 1
