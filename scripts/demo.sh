@@ -19,6 +19,7 @@ pgolf train --preset cpu \
   --set "data.path=$OUT/data/datasets/fineweb10B_sp1024" \
   --set "data.tokenizer_path=$OUT/data/tokenizers/fineweb_1024_bpe.model" \
   --set "train.max_wallclock_seconds=$TRAIN_SECONDS" --set train.compile=off \
+  --set train.warmdown_iters=10 --set train.ema_decay=0.9 \
   --run-dir "$OUT/run"
 
 echo "== not built yet: quantize (issue #4), evaluate (#5), audit and report (#6)"

@@ -258,8 +258,6 @@ class QuantConfig:
     damp: float = 0.01
     act_order: bool = True
     scale_floor: float = 1e-8
-    passthrough_numel: int = 65_536
-    """Float tensors with at most this many elements are stored as fp16."""
     calib_source: Literal["selfgen", "train"] = "selfgen"
     calib_seqs: int = 64
     calib_seq_len: int = 2048

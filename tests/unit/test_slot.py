@@ -1,0 +1,209 @@
+"""Causal SLOT: pipeline flip test and self-prediction test (STACK.md 8.5), normalization, coverage,
+no coupling between windows, the NON-COMPLIANT shared reference mode, world-size invariance."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pgolf.config import SlotConfig, resolve
+from pgolf.data.tokenizer import ByteLUTs, luts_to_torch
+from pgolf.model.gpt import GPT
+from pgolf.runtime import DistEnv
+from pgolf.scoring.bpb import ScoreAccumulator
+from pgolf.scoring.plan import sliding_plan
+from pgolf.scoring.sliding import score_windows
+from pgolf.scoring.slot import COMPLIANT_LABEL, NONCOMPLIANT_LABEL, SlotRunner, score_slot, segments
+from tests.dist.helpers import spawn_gloo
+
+T, S, BW, FOCAL, N = 48, 16, 4, 16, 300
+# stream indices m to flip: batch boundary (target 96 = first of batch 1), window boundary (target 128
+# = first of window 6), inside scored regions, and the warm-segment boundary (target 160) for 2 segments
+FLIPS = (97, 129, 150, 161, 250)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_model():
+    cfg, _ = resolve("tiny", [], env={})
+    torch.manual_seed(0)
+    m = GPT(cfg.model).double().eval()
+    with torch.no_grad():  # a non-trivial function of the input (o/down are zero at init)
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+def make_data(n=N, V=512, seed=0):
+    """A Zipf-distributed synthetic token stream and random byte LUTs (no tokenizer needed)."""
+    rng = np.random.default_rng(seed)
+    pz = 1.0 / np.arange(1, V + 1) ** 1.1
+    stream = rng.choice(V, size=n, p=pz / pz.sum()).astype(np.int64)
+    luts = ByteLUTs(base_bytes=rng.integers(1, 4, V).astype(np.int64), has_leading_space=rng.random(V) < 0.3,
+                    is_boundary=rng.random(V) < 0.05)
+    return stream, luts_to_torch(luts)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    stream, luts_t = make_data()
+    return make_model(), stream, luts_t, sliding_plan(len(stream), T, S)
+
+
+def run(model, stream, plan, luts_t, cfg, bw=BW, env=None, **kw):
+    nll = np.full(plan.n_targets, np.nan)
+    score, info = score_slot(model, stream, plan, luts_t, env or DistEnv(), cfg, batch_windows=bw, nll_out=nll, **kw)
+    return score, info, nll
+
+
+def flipped(stream, m, V=512):
+    s = stream.copy()
+    s[m] = (s[m] + 1) % V
+    return s
+
+
+CAUSAL_CFGS = {
+    "single": SlotConfig(phase_iters=(25,), phase_history=(20,), phase_alpha=(0.0,), focal=FOCAL),
+    "cascade_weighted": SlotConfig(phase_iters=(5, 18), phase_history=(10, 20), phase_alpha=(0.0, 0.5),
+                                   focal=FOCAL),
+    "armijo_focal0": SlotConfig(phase_iters=(4, 6), phase_history=(5, 5), phase_alpha=(0.0, 0.0), focal=0,
+                                line_search="armijo"),
+    "hidden": SlotConfig(phase_iters=(3, 5), phase_history=(5, 5), phase_alpha=(0.0, 0.0), focal=FOCAL,
+                         space="hidden"),
+}
+
+
+@pytest.mark.parametrize("name", list(CAUSAL_CFGS))
+def test_flip_leaves_earlier_targets_identical(setup, name):
+    model, stream, luts_t, plan = setup
+    cfg = CAUSAL_CFGS[name]
+    _, info, base = run(model, stream, plan, luts_t, cfg, warm_segments=2)
+    assert info["compliant"] is True and info["label"] == COMPLIANT_LABEL
+    assert info["adapt_nll_after"] < info["adapt_nll_before"]  # the fit does something
+    for m in FLIPS:
+        _, _, nll = run(model, flipped(stream, m), plan, luts_t, cfg, warm_segments=2)
+        # target t = stream[t + 1]: targets t <= m - 2 never see token m
+        assert np.array_equal(nll[:m - 1], base[:m - 1]), (name, m, np.abs(nll[:m - 1] - base[:m - 1]).max())
+        assert nll[m - 1] != base[m - 1]  # the flipped target itself did change
+
+
+def test_shared_reference_mode_leaks(setup):
+    model, stream, luts_t, plan = setup
+    cfg = SlotConfig(phase_iters=(5, 18), phase_history=(10, 20), phase_alpha=(0.0, 0.0), focal=FOCAL,
+                     coupling="shared")
+    _, info, base = run(model, stream, plan, luts_t, cfg, warm_segments=2)
+    assert info["compliant"] is False and info["label"] == NONCOMPLIANT_LABEL
+    # target 128 is window 6's first scored target and inside window 7's adaptation range (same batch):
+    # flipping it moves the shared delta and so the scores of windows 4-6, i.e. EARLIER targets
+    m = 129
+    _, _, nll = run(model, flipped(stream, m), plan, luts_t, cfg, warm_segments=2)
+    changed = np.nonzero(nll[:m - 1] != base[:m - 1])[0]
+    assert len(changed) > 0 and changed.min() >= 96  # batch 1 starts at target 96
+    assert np.abs(nll[:m - 1] - base[:m - 1]).max() > 1e-6
+
+
+def _self_prediction(model, stream, plan, luts_t, cfg, t, seed):
+    """Score with the true stream, adapt on a copy whose tokens after target t are random."""
+    rng = np.random.default_rng(seed)
+    adapt = stream.copy()
+    adapt[t + 1:] = rng.integers(0, 512, len(stream) - t - 1)
+    nll = np.full(plan.n_targets, np.nan)
+    runner = SlotRunner(model, stream, plan, luts_t, cfg, torch.device("cpu"), nll_out=nll, adapt_stream=adapt)
+    runner.score_range(0, plan.num_windows, DistEnv(), BW, 2, ScoreAccumulator())
+    return nll
+
+
+def test_self_prediction(setup):
+    """The score of target t does not depend on what the adaptation path is told about x_t (or later)."""
+    model, stream, luts_t, plan = setup
+    _, _, base = run(model, stream, plan, luts_t, CAUSAL_CFGS["cascade_weighted"], warm_segments=2)
+    for t in (100, 140, 200):
+        nll = _self_prediction(model, stream, plan, luts_t, CAUSAL_CFGS["cascade_weighted"], t, seed=t)
+        assert np.array_equal(nll[:t + 1], base[:t + 1])
+        assert not np.array_equal(nll, base)  # later windows do adapt on the random copy
+    # the shared reference mode: scoring target 140 with an adaptation that saw the true answer is
+    # better than with adaptations that saw random answers (a positive self-prediction advantage)
+    shared = SlotConfig(phase_iters=(5, 18), phase_history=(10, 20), phase_alpha=(0.0, 0.0), focal=FOCAL,
+                        coupling="shared")
+    _, _, true_nll = run(model, stream, plan, luts_t, shared, warm_segments=2)
+    lo, hi = 96, 140  # batch 1's scored targets before t = 140 (windows 4-6 adapt on targets up to 143)
+    wrong = [_self_prediction(model, stream, plan, luts_t, shared, lo, seed=s) for s in range(4)]
+    advantage = np.mean([w[lo:hi].mean() for w in wrong]) - true_nll[lo:hi].mean()
+    assert advantage > 0.01
+
+
+def test_full_softmax_normalized_and_matches_saved_nll(setup):
+    model, stream, luts_t, plan = setup
+    for cfg in (CAUSAL_CFGS["cascade_weighted"], CAUSAL_CFGS["hidden"]):
+        nll = np.full(plan.n_targets, np.nan)
+        runner = SlotRunner(model, stream, plan, luts_t, cfg, torch.device("cpu"), nll_out=nll)
+        idx = range(4, 8)
+        delta = runner.score_batch(idx, None, ScoreAccumulator())
+        assert delta.abs().max().item() <= cfg.clamp
+        bt = runner._prepare(idx)
+        logp = F.log_softmax(runner._logits(bt.base, delta), -1)  # (B, P, V)
+        sums = logp.exp().sum(-1)
+        assert (sums - 1).abs().max().item() < 1e-6
+        sel = bt.score_mask
+        pos = (bt.starts[:, None] + bt.a + torch.arange(sel.size(1))[None, :])[sel].numpy()
+        ref = -logp[sel].gather(-1, bt.y[sel][:, None])[:, 0].numpy()
+        np.testing.assert_allclose(nll[pos], ref, rtol=0, atol=1e-12)
+
+
+def test_tiny_clamp_equals_sliding_and_covers_every_target(setup):
+    model, stream, luts_t, plan = setup
+    ref = np.full(plan.n_targets, np.nan)
+    s0 = score_windows(model, stream, plan, luts_t, DistEnv(), batch_windows=BW, nll_out=ref)
+    for space in ("logit", "hidden"):
+        cfg = SlotConfig(phase_iters=(3,), phase_history=(5,), phase_alpha=(0.0,), focal=FOCAL, clamp=1e-300,
+                         space=space)
+        score, info, nll = run(model, stream, plan, luts_t, cfg)
+        assert np.count_nonzero(~np.isnan(nll)) == plan.n_targets == score.targets
+        assert score.bytes == s0.bytes
+        np.testing.assert_allclose(nll, ref, rtol=0, atol=1e-12)
+        assert info["windows"] == plan.num_windows
+
+
+def test_window_delta_does_not_depend_on_its_batch(setup):
+    """Without warm start each window's result is the same alone, in a batch of 4, or in one batch."""
+    model, stream, luts_t, plan = setup
+    cfg = SlotConfig(phase_iters=(5, 18), phase_history=(10, 20), phase_alpha=(0.0, 0.5), focal=FOCAL,
+                     warm_start=False)
+    outs = [run(model, stream, plan, luts_t, cfg, bw=bw)[2] for bw in (1, 4, plan.num_windows)]
+    np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(outs[2], outs[0], rtol=0, atol=1e-10)
+
+
+def test_segments_are_a_function_of_the_plan():
+    assert segments(0, 17, 4, 2) == [(0, 8), (8, 17)]
+    assert segments(0, 17, 4, 8) == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 17)]
+    assert segments(5, 6, 4, 3) == [(5, 6)]
+
+
+def _rank_slot(env, stream, luts_t, warm_segments):
+    torch.set_num_threads(1)
+    model = make_model()
+    plan = sliding_plan(len(stream), T, S)
+    cfg = SlotConfig(phase_iters=(5, 18), phase_history=(10, 20), phase_alpha=(0.0, 0.5), focal=FOCAL)
+    score, info, nll = run(model, stream, plan, luts_t, cfg, env=env, warm_segments=warm_segments)
+    return score.nats, score.targets, score.bytes, nll, info["windows"]
+
+
+@pytest.mark.dist
+def test_two_ranks_equal_one_rank():
+    stream, luts_t = make_data()
+    for ws in (2, 3):
+        outs = spawn_gloo(2, _rank_slot, stream, luts_t, ws, timeout=120)
+        single = _rank_slot(DistEnv(), stream, luts_t, ws)
+        assert outs[0][1:3] == outs[1][1:3] == single[1:3]
+        assert outs[0][0] == pytest.approx(single[0], rel=1e-12)
+        assert outs[0][4] == single[4]
+        both = np.where(np.isnan(outs[0][3]), outs[1][3], outs[0][3])
+        assert not np.isnan(both).any()
+        assert np.array_equal(both, single[3])
