@@ -196,6 +196,43 @@ def cmd_bench_train(args) -> int:
         runtime.shutdown(env)
 
 
+def cmd_eval(args) -> int:
+    from pgolf import runtime
+    from pgolf.config import apply_overrides, parse_set
+    from pgolf.scoring.evaluate import evaluate, load_run_model
+    from pgolf.train.loop import load_run_config
+
+    cfg = load_run_config(args.run_dir)
+    sets = parse_set(args.sets)
+    bad = [o.key for o in sets if not o.key.startswith(("score.", "data."))]
+    if bad:
+        raise _usage(f"eval accepts --set for score.* and data.* keys only, got {', '.join(bad)}")
+    cfg = apply_overrides(cfg, sets)
+    modes = tuple(m.strip() for m in args.mode.split(",")) if args.mode else cfg.score.modes
+    env = runtime.init(args.device)
+    try:
+        model = load_run_model(args.run_dir, cfg, env.device)
+        amp = torch_bf16() if env.device.type == "cuda" else None
+        res = evaluate(model, cfg, env, modes=modes, max_val_tokens=args.max_val_tokens, autocast_dtype=amp,
+                       progress=not args.json)
+        if env.is_main:
+            if args.json:
+                print(json.dumps(res, indent=2))
+            else:
+                for mode, r in res.items():
+                    print(f"{mode} val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f} targets:{r['targets']} "
+                          f"bytes:{r['bytes']} eval_time:{r['seconds'] * 1000:.0f}ms [{r['label']}]")
+        return 0
+    finally:
+        runtime.shutdown(env)
+
+
+def torch_bf16():
+    import torch
+
+    return torch.bfloat16
+
+
 def _usage(msg: str):
     from pgolf.config import ConfigError
 
@@ -270,6 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     tr.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     tr.set_defaults(fn=cmd_train)
+
+    # eval
+    ev = verbs.add_parser("eval", help="score a trained run on the validation stream (plain, sliding)")
+    ev.add_argument("--run-dir", required=True, help="a finished training run directory")
+    ev.add_argument("--mode", default=None, help="comma-separated modes (default: the run's score.modes)")
+    ev.add_argument("--max-val-tokens", type=int, default=0, help="score only a prefix of the val stream")
+    ev.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override score.* / data.* keys")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(fn=cmd_eval)
 
     # budget
     bu = verbs.add_parser("budget", help="parameter count per role and packed artifact size estimate")

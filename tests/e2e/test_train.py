@@ -143,3 +143,22 @@ def test_wallclock_cap_stops_training(tmp_path, tiny_data):
     lrs = [json.loads(x)["lr_mult"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
            if '"train"' in x]
     assert lrs and lrs[0] <= 1.0
+
+
+def test_eval_cli_scores_every_target(tmp_path, tiny_data):
+    cfg = tiny_cfg(tiny_data, "train.iterations=10", "train.val_every=0")
+    Trainer(cfg, DistEnv(), tmp_path, progress=False, echo=False).run()
+    r = run_cli(["eval", "--run-dir", str(tmp_path), "--mode", "plain,sliding", "--max-val-tokens", "5001", "--json"],
+                timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    from pgolf.data.shards import load_val_tokens
+    from pgolf.data.tokenizer import build_byte_luts, load_tokenizer, target_bytes
+
+    s = load_val_tokens(tiny_data["dataset_dir"])[:5001]
+    want_bytes = int(target_bytes(build_byte_luts(load_tokenizer(tiny_data["tokenizer"]), 512), s[:-1], s[1:]).sum())
+    for mode in ("plain", "sliding"):
+        assert res[mode]["targets"] == 5000 and res[mode]["bytes"] == want_bytes
+        assert res[mode]["compliant"] is True and 3.0 < res[mode]["val_bpb"] < 6.0
+    bad = run_cli(["eval", "--run-dir", str(tmp_path), "--set", "train.iterations=3"])
+    assert bad.returncode == 2 and "score.* and data.* keys only" in bad.stderr

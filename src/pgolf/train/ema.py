@@ -24,7 +24,7 @@ class EMA:
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
-        for (name, p), s in zip(model.named_parameters(), self.shadow, strict=True):
+        for p, s in zip(model.parameters(), self.shadow, strict=True):
             p.copy_(s.to(p.dtype))
 
     def state_dict(self) -> dict:
