@@ -96,7 +96,8 @@ def test_quadratic_reaches_known_minimizer_and_scipy(ls):
     torch.testing.assert_close(res.x, xstar, rtol=0, atol=1e-6)
     for i in range(B):
         Ai, bi = A[i].numpy(), b[i].numpy()
-        sp = scipy_opt.minimize(lambda x: 0.5 * x @ Ai @ x - bi @ x, np.zeros(n), jac=lambda x: Ai @ x - bi,
+        sp = scipy_opt.minimize(lambda x, Ai=Ai, bi=bi: 0.5 * x @ Ai @ x - bi @ x, np.zeros(n),
+                                jac=lambda x, Ai=Ai, bi=bi: Ai @ x - bi,
                                 method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 500})
         np.testing.assert_allclose(res.x[i].numpy(), sp.x, rtol=0, atol=1e-5)
         assert res.loss[i].item() == pytest.approx(sp.fun, abs=1e-10)

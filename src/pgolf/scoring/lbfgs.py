@@ -27,7 +27,8 @@ Algorithm per row (Nocedal & Wright, Numerical Optimization, 2nd ed., Alg. 7.4 /
   [t + 0.01 (t - t_prev), 10 t], zoom by cubic interpolation falling back to bisection when the cubic
   has no minimizer or lands within 10% of an end of the bracket; Armijo: c1 = 1e-4, shrink by the
   quadratic-interpolation factor clamped to [0.1, 0.5]. A pair is stored only when s^T y > 1e-10.
-  `max_eval` (default max_iter * 5 // 4, counting the initial evaluation) is a hard per-row cap: a
+  `max_eval` (default max(max_iter * 5 // 4, max_iter + 1), counting the initial evaluation; torch's
+  default without the floor that would leave max_iter = 1 with no step) is a hard per-row cap: a
   line search may use at most the evaluations the row has left (and at most 25).
 """
 
@@ -261,7 +262,7 @@ def lbfgs_batched(f: Closure, x0: Tensor, *, max_iter: int = 20, history_size: i
     if history_size < 1:
         raise ValueError("history_size must be >= 1")
     if max_eval is None:
-        max_eval = max_iter * 5 // 4
+        max_eval = max(max_iter * 5 // 4, max_iter + 1)
     B, n = x0.shape
     dev, dt = x0.device, x0.dtype
     ev = _Evaluator(f, B, dev, returns_grad)
