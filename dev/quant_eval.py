@@ -35,7 +35,10 @@ def main() -> None:
     model = load_run_model(a.run_dir, cfg, env.device).float()
     out = {"run_dir": a.run_dir}
     t = time.perf_counter()
-    out["float"] = evaluate(model, cfg, env, modes=modes, max_val_tokens=a.max_val_tokens)
+    from pgolf.train.loop import resolve_precision
+
+    amp, _ = resolve_precision(cfg, env.device)
+    out["float"] = evaluate(model, cfg, env, modes=modes, max_val_tokens=a.max_val_tokens, autocast_dtype=amp)
     out["float_seconds"] = time.perf_counter() - t
     loader = build_train_loader(cfg.data.path, seq_len=cfg.train.seq_len, batch_tokens=cfg.train.batch_tokens,
                                 rank=0, world_size=1, grad_accum=1, data_cfg=cfg.data, vocab_size=cfg.model.vocab_size)
@@ -52,7 +55,7 @@ def main() -> None:
         tensors = quantize_model(model, q, H if method == "gptq" else None)
         out[f"{method}_quant_seconds"] = time.perf_counter() - t
         qm = dequantized_copy(model, tensors)
-        out[method] = evaluate(qm, cfg, env, modes=modes, max_val_tokens=a.max_val_tokens)
+        out[method] = evaluate(qm, cfg, env, modes=modes, max_val_tokens=a.max_val_tokens, autocast_dtype=amp)
         path = Path(a.run_dir) / f"dev_{method}_int{q.matrix_bits}.pgart"
         save_model_artifact(path, model, tensors, q)
         out[f"{method}_artifact_bytes"] = artifact_bytes(path)

@@ -211,8 +211,10 @@ def cmd_eval(args) -> int:
     modes = tuple(m.strip() for m in args.mode.split(",")) if args.mode else cfg.score.modes
     env = runtime.init(args.device)
     try:
+        from pgolf.train.loop import resolve_precision
+
         model = load_run_model(args.run_dir, cfg, env.device)
-        amp = torch_bf16() if env.device.type == "cuda" else None
+        amp, _ = resolve_precision(cfg, env.device)  # the run's own precision (bf16 autocast on GPU)
         res = evaluate(model, cfg, env, modes=modes, max_val_tokens=args.max_val_tokens, autocast_dtype=amp,
                        progress=not args.json)
         if env.is_main:
@@ -225,12 +227,6 @@ def cmd_eval(args) -> int:
         return 0
     finally:
         runtime.shutdown(env)
-
-
-def torch_bf16():
-    import torch
-
-    return torch.bfloat16
 
 
 def _usage(msg: str):
