@@ -22,6 +22,15 @@ def _restore_torch_state():
 
 
 @pytest.fixture
+def one_thread():
+    """Run a test with one torch thread (exact float64 comparisons, less contention)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def clean_env(monkeypatch):
     """Remove every PGOLF_ and challenge-named variable so config tests see only what they set."""
     from pgolf.config import LEGACY_ENV

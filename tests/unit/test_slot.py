@@ -22,12 +22,7 @@ T, S, BW, FOCAL, N = 48, 16, 4, 16, 300
 FLIPS = (97, 129, 150, 161, 250)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model():

@@ -37,6 +37,24 @@ def window_batch(stream: np.ndarray, plan: ScorePlan, idx: range, device) -> tup
     return (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), torch.from_numpy(scored).to(device))
 
 
+def accumulate_scored(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, scored: torch.Tensor,
+                      plan: ScorePlan, idx: range, luts_t: dict, acc: ScoreAccumulator,
+                      nll_out: np.ndarray | None = None) -> torch.Tensor:
+    """Full-softmax NLL (at least fp32) and LUT bytes of a batch's scored positions into `acc`;
+    optionally write each NLL at its stream-order index. Returns the scored NLLs (n_scored,)."""
+    sel = scored.reshape(-1)
+    lg = logits.reshape(-1, logits.size(-1))[sel]  # (n_scored, V)
+    lg = lg.to(torch.promote_types(lg.dtype, torch.float32))
+    tgt = y.reshape(-1)[sel]
+    nll = F.cross_entropy(lg, tgt, reduction="none")
+    acc.add(nll, target_bytes_torch(luts_t, x.reshape(-1)[sel], tgt))
+    if nll_out is not None:
+        pos = (torch.as_tensor(plan.starts[idx.start:idx.stop], device=x.device)[:, None]
+               + torch.arange(x.size(1), device=x.device)[None, :]).reshape(-1)[sel]
+        nll_out[pos.cpu().numpy()] = nll.double().cpu().numpy()
+    return nll
+
+
 @torch.no_grad()
 def score_windows(logits_fn: Callable[[torch.Tensor], torch.Tensor], stream: np.ndarray, plan: ScorePlan,
                   luts_t: dict, env: DistEnv, *, batch_windows: int = 32, autocast_dtype: torch.dtype | None = None,
@@ -56,16 +74,7 @@ def score_windows(logits_fn: Callable[[torch.Tensor], torch.Tensor], stream: np.
         x, y, scored = window_batch(stream, plan, idx, device)
         with amp:
             logits = logits_fn(x)
-        sel = scored.reshape(-1)
-        lg = logits.reshape(-1, logits.size(-1))[sel]  # (n_scored, V): full softmax in at least fp32
-        lg = lg.to(torch.promote_types(lg.dtype, torch.float32))
-        tgt = y.reshape(-1)[sel]
-        nll = F.cross_entropy(lg, tgt, reduction="none")
-        acc.add(nll, target_bytes_torch(luts_t, x.reshape(-1)[sel], tgt))
-        if nll_out is not None:
-            pos = (torch.as_tensor(plan.starts[idx.start:idx.stop], device=device)[:, None]
-                   + torch.arange(x.size(1), device=device)[None, :]).reshape(-1)[sel]
-            nll_out[pos.cpu().numpy()] = nll.double().cpu().numpy()
+        accumulate_scored(logits, x, y, scored, plan, idx, luts_t, acc, nll_out)
         if progress is not None:
             progress.update(len(idx))
     return acc.all_reduce(env).result()

@@ -41,11 +41,10 @@ import torch
 import torch.nn.functional as F
 
 from pgolf.config import ScoreConfig
-from pgolf.data.tokenizer import target_bytes_torch
 from pgolf.runtime import DistEnv
 from pgolf.scoring.bpb import Score, ScoreAccumulator
 from pgolf.scoring.plan import ScorePlan
-from pgolf.scoring.sliding import window_batch
+from pgolf.scoring.sliding import accumulate_scored, window_batch
 from pgolf.scoring.slot import SlotRunner, rank_segments, segments
 
 COMPLIANT_LABEL = "compliant (score-first TTT)"
@@ -186,16 +185,7 @@ def _score_range(model, stream, plan, lo, hi, batch_windows, luts_t, acc, device
         x, y, scored = window_batch(stream, plan, idx, device)
         with amp():
             logits = model(x)
-        sel = scored.reshape(-1)
-        lg = logits.reshape(-1, logits.size(-1))[sel]
-        lg = lg.to(torch.promote_types(lg.dtype, torch.float32))
-        tgt = y.reshape(-1)[sel]
-        nll = F.cross_entropy(lg, tgt, reduction="none")
-        acc.add(nll, target_bytes_torch(luts_t, x.reshape(-1)[sel], tgt))
-        if nll_out is not None:
-            pos = (torch.as_tensor(plan.starts[idx.start:idx.stop], device=device)[:, None]
-                   + torch.arange(x.size(1), device=device)[None, :]).reshape(-1)[sel]
-            nll_out[pos.cpu().numpy()] = nll.double().cpu().numpy()
+        accumulate_scored(logits, x, y, scored, plan, idx, luts_t, acc, nll_out)
 
 
 def score_ttt(model: torch.nn.Module, stream: np.ndarray, plan: ScorePlan, luts_t: dict, env: DistEnv,
