@@ -22,5 +22,8 @@ pgolf train --preset cpu \
   --set train.warmdown_iters=10 --set train.ema_decay=0.9 \
   --run-dir "$OUT/run"
 
-echo "== not built yet: quantize (issue #4), evaluate (#5), audit and report (#6)"
+echo "== 4/6 evaluate the trained weights: sliding windows (512/64) on the whole validation stream"
+pgolf eval --run-dir "$OUT/run" --mode sliding
+
+echo "== not built yet: quantize + artifact (issue #4), SLOT/TTT evaluation modes (#5), audit and report (#6)"
 echo "== demo done: run directory $OUT/run (log.txt, metrics.jsonl, config.json, timings.json)"
