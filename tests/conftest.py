@@ -73,3 +73,18 @@ def tiny_data(tiny_docs, tmp_path_factory):
     manifest["dataset_dir"] = root / manifest["dataset_path"]
     manifest["tokenizer"] = root / manifest["tokenizer_path"]
     return manifest
+
+
+def perturbed_tiny_model(*sets: str):
+    """The tiny-preset GPT in float64, eval mode, with seeded perturbed weights (o/down are zero at init,
+    so an unperturbed model would be a trivial function of its input)."""
+    from pgolf.config import resolve
+    from pgolf.model.gpt import GPT
+
+    cfg, _ = resolve("tiny", list(sets), env={})
+    torch.manual_seed(0)
+    m = GPT(cfg.model).double().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m

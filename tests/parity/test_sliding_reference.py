@@ -5,24 +5,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pgolf.config import resolve
 from pgolf.data.tokenizer import build_byte_luts, load_tokenizer, luts_to_torch, target_bytes
-from pgolf.model.gpt import GPT
 from pgolf.runtime import DistEnv
 from pgolf.scoring.plain import score_plain
 from pgolf.scoring.plan import plain_plan, sliding_plan
 from pgolf.scoring.sliding import score_windows
+from tests.conftest import perturbed_tiny_model
 from tests.dist.helpers import spawn_gloo
 
 
 def _model(rope_ref_len=0):
-    cfg, _ = resolve("tiny", [f"model.rope_ref_len={rope_ref_len}"], env={})
-    torch.manual_seed(0)
-    m = GPT(cfg.model).double().eval()
-    with torch.no_grad():  # a non-trivial function of the input (o/down are zero at init)
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m
+    return perturbed_tiny_model(f"model.rope_ref_len={rope_ref_len}")
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pgolf.config import SlotConfig, resolve
+from pgolf.config import SlotConfig
 from pgolf.data.tokenizer import ByteLUTs, luts_to_torch
-from pgolf.model.gpt import GPT
 from pgolf.runtime import DistEnv
 from pgolf.scoring.bpb import ScoreAccumulator
 from pgolf.scoring.plan import sliding_plan
 from pgolf.scoring.sliding import score_windows
 from pgolf.scoring.slot import COMPLIANT_LABEL, NONCOMPLIANT_LABEL, SlotRunner, score_slot, segments
+from tests.conftest import perturbed_tiny_model
 from tests.dist.helpers import spawn_gloo
 
 T, S, BW, FOCAL, N = 48, 16, 4, 16, 300
@@ -26,13 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model():
-    cfg, _ = resolve("tiny", [], env={})
-    torch.manual_seed(0)
-    m = GPT(cfg.model).double().eval()
-    with torch.no_grad():  # a non-trivial function of the input (o/down are zero at init)
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m
+    return perturbed_tiny_model()
 
 
 def make_data(n=N, V=512, seed=0):
