@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# `make demo`: the pipeline on the embedded corpus, offline, on CPU. Stages are added as they land.
+# `make demo`: the whole pipeline on the embedded corpus, offline, on CPU (a few minutes on 2 cores):
+# prepare -> verify -> train -> quantize -> score the artifact -> SLOT/TTT on a prefix -> bundle
+# (-> audit -> report once those verbs exist). Prints the final BPB and the artifact bytes.
 set -euo pipefail
 OUT=${PGOLF_DEMO_OUT:-runs/demo}
 TRAIN_SECONDS=${PGOLF_DEMO_TRAIN_SECONDS:-90}
 mkdir -p "$OUT"
 echo "== pgolf demo: output in $OUT"
+DATA_SETS=(--set "data.path=$OUT/data/datasets/fineweb10B_sp1024"
+           --set "data.tokenizer_path=$OUT/data/tokenizers/fineweb_1024_bpe.model")
 
 echo "== 1/6 prepare data (embedded corpus: 143 validation + 1,400 training documents, SP1024 tokenizer)"
 pgolf data prepare --docs default --val-docs 143 --vocab-size 1024 --out "$OUT/data" \
@@ -13,17 +17,29 @@ pgolf data prepare --docs default --val-docs 143 --vocab-size 1024 --out "$OUT/d
 echo "== 2/6 verify shards and byte accounting"
 pgolf data verify --data "$OUT/data"
 
-echo "== 3/6 train (cpu preset, ${TRAIN_SECONDS}s of training, eager bf16)"
+echo "== 3/6 run: train (cpu preset, ${TRAIN_SECONDS}s, eager bf16) -> quantize (self-generated calibration,"
+echo "        GPTQ int6, compressor choice, budget) -> score the artifact read back from disk (sliding 512/64)"
 rm -rf "$OUT/run"
-pgolf train --preset cpu \
-  --set "data.path=$OUT/data/datasets/fineweb10B_sp1024" \
-  --set "data.tokenizer_path=$OUT/data/tokenizers/fineweb_1024_bpe.model" \
+pgolf run --preset cpu "${DATA_SETS[@]}" \
   --set "train.max_wallclock_seconds=$TRAIN_SECONDS" --set train.compile=off \
   --set train.warmdown_iters=10 --set train.ema_decay=0.9 \
-  --run-dir "$OUT/run"
+  --run-dir "$OUT/run" --no-progress
 
-echo "== 4/6 evaluate the trained weights: sliding windows (512/64) on the whole validation stream"
-pgolf eval --run-dir "$OUT/run" --mode sliding
+echo "== 4/6 the other evaluation modes on a 16k-token validation prefix (legal causal SLOT, score-first TTT)"
+pgolf eval --run-dir "$OUT/run" --mode sliding,slot,ttt --max-val-tokens 16384 --set score.slot.clamp=0.1
 
-echo "== not built yet: quantize + artifact (issue #4), SLOT/TTT evaluation modes (#5), audit and report (#6)"
-echo "== demo done: run directory $OUT/run (log.txt, metrics.jsonl, config.json, timings.json)"
+echo "== 5/6 bundle the record folder (single-file train_gpt.py + submission skeleton)"
+pgolf bundle --run-dir "$OUT/run" --out "$OUT/record" --force
+
+echo "== 6/6 budget of what ships"
+pgolf budget --run-dir "$OUT/run" --code-bytes "$(stat -c %s "$OUT/record/train_gpt.py")"
+
+python - "$OUT/run" <<'PYEOF'
+import json, sys, pathlib
+run = pathlib.Path(sys.argv[1])
+r = json.loads((run / "results.json").read_text())
+for mode, m in r["modes"].items():
+    print(f"== demo result: {mode} val_bpb {m['val_bpb']:.4f} (val_loss {m['val_loss']:.4f} nats) [{m['label']}]")
+print(f"== artifact {r['artifact_bytes']:,} bytes + code {r['code_bytes']:,} = {r['total_bytes']:,} "
+      f"({'within' if r['within_limit'] else 'OVER'} the 16,000,000 limit); run dir {run}")
+PYEOF

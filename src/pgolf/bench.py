@@ -60,3 +60,148 @@ def bench_train(cfg: RunConfig, env: DistEnv, steps: int = 10) -> dict:
             out["peak_rss_mib"] = round(_peak_rss_mib(), 1)
             out["torch_threads"] = torch.get_num_threads()
         return out
+
+
+def bench_quant(run_dir, env: DistEnv, *, modes: tuple[str, ...] = ("plain",), max_val_tokens: int = 0,
+                progress: bool = False) -> dict:
+    """For a trained run: validation BPB of the float weights, RTN and GPTQ at the run's bit widths (each
+    scored from an artifact written to and read back from disk), compressed bytes of every compressor
+    and layout for the GPTQ tensors beside their order-0 entropy bound, and the time of each stage."""
+    import dataclasses
+    from pathlib import Path
+
+    from pgolf.model.roles import roles_by_name
+    from pgolf.quant.artifact import (
+        available_compressors,
+        build_payload,
+        compress,
+        entropy_bytes,
+        load_artifact,
+        quantize_model,
+        save_model_artifact,
+    )
+    from pgolf.quant.run import calibration_hessians, replace_quant
+    from pgolf.scoring.evaluate import evaluate, load_run_model
+    from pgolf.telemetry import RunLogger
+    from pgolf.train.loop import load_run_config, resolve_precision
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, modes=tuple(modes)))
+    amp, _ = resolve_precision(cfg, env.device)
+    model = load_run_model(run_dir, cfg, env.device).float()
+    out: dict = {"run_dir": str(run_dir), "modes": list(modes), "max_val_tokens": max_val_tokens,
+                 "matrix_bits": cfg.quant.matrix_bits, "embed_bits": cfg.quant.embed_bits, "device": str(env.device)}
+
+    def score(m) -> dict:
+        r = evaluate(m, cfg, env, modes=modes, max_val_tokens=max_val_tokens, autocast_dtype=amp, progress=progress)
+        return {k: v["val_bpb"] for k, v in r.items()}
+
+    t = time.perf_counter()
+    out["float_bpb"] = score(model)
+    out["score_seconds"] = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        log = RunLogger(tmp, env.is_main, echo=False)
+        t = time.perf_counter()
+        H, calib = calibration_hessians(model, replace_quant(cfg, method="gptq"), env, run_dir, autocast_dtype=amp,
+                                        log=log, progress=progress)
+        out["calibration"] = {**calib, "seconds": time.perf_counter() - t}
+        tensors = {}
+        for method in ("rtn", "gptq"):
+            q = replace_quant(cfg, method=method).quant
+            t = time.perf_counter()
+            tensors[method] = quantize_model(model, q, H if method == "gptq" else None)
+            out[f"{method}_quantize_seconds"] = time.perf_counter() - t
+            path = Path(tmp) / f"{method}.pgolf"
+            t = time.perf_counter()
+            out[f"{method}_artifact_bytes"] = save_model_artifact(path, model, tensors[method], q)
+            out[f"{method}_serialize_seconds"] = time.perf_counter() - t
+            out[f"{method}_bpb"] = score(load_artifact(path, env.device))
+    roles = roles_by_name(model)
+    sizes = {}
+    for layout in ("int8", "int6p"):
+        _, raw = build_payload(tensors["gptq"], layout, roles)
+        for c in available_compressors():
+            t = time.perf_counter()
+            sizes[f"{layout}+{c}"] = {"bytes": len(compress(raw, c)), "seconds": time.perf_counter() - t}
+    ent = entropy_bytes(tensors["gptq"])
+    best = min(sizes, key=lambda k: sizes[k]["bytes"])
+    out.update(compressed=sizes, entropy_bytes=ent, best=best,
+               best_over_entropy=sizes[best]["bytes"] / ent["total"])
+    out["penalty"] = {m: {"rtn": out["rtn_bpb"][m] - out["float_bpb"][m], "gptq": out["gptq_bpb"][m] - out["float_bpb"][m]}
+                      for m in modes}
+    return out
+
+
+SLOT_SINGLE_PHASE = {"phase_iters": (25,), "phase_history": (20,), "phase_alpha": (0.0,)}
+"""The earlier entry's one L-BFGS call per batch (PR #1350): 25 iterations, history 20."""
+
+
+def bench_eval(model, cfg: RunConfig, env: DistEnv, *, modes: tuple[str, ...] = (), max_val_tokens: int = 0,
+               autocast_dtype: torch.dtype | None = None, weights: str = "", progress: bool = False) -> dict:
+    """Seconds and windows/s of each eval mode, then single-phase vs cascaded SLOT on the same windows.
+
+    The cascade is the SlotConfig default phases ((5, 18) iterations, histories (10, 20), uniform loss);
+    single-phase is SLOT_SINGLE_PHASE; every other score.slot setting is the config's. The comparison runs
+    after the modes (kernels warm), single-phase first; time_ratio = cascaded / single-phase seconds.
+    """
+    from dataclasses import replace
+
+    from pgolf.config import SCORE_MODES, SlotConfig
+    from pgolf.scoring.evaluate import evaluate, load_eval_data, mode_plan
+
+    data = load_eval_data(cfg, env.device, max_val_tokens)
+    kw = dict(data=data, autocast_dtype=autocast_dtype, weights=weights, progress=progress)
+    res = evaluate(model, cfg, env, modes=modes or SCORE_MODES, **kw)
+    first = next(iter(res.values()))
+    out: dict = {"device": str(env.device), "world_size": env.world_size, "weights": weights,
+                 "val_targets": len(data.stream) - 1, "seq_len": cfg.score.seq_len,
+                 "stride": cfg.score.sliding.stride, "batch_windows": cfg.score.sliding.batch_windows,
+                 "modes": {m: _bench_mode(r) for m, r in res.items()},
+                 "eval_seconds_total": first["eval_seconds_total"], "eval_seconds_limit": first["eval_seconds_limit"],
+                 "eval_over_budget": first["eval_over_budget"]}
+    default = SlotConfig()
+    variants = {"single": replace(cfg.score.slot, **SLOT_SINGLE_PHASE),
+                "cascaded": replace(cfg.score.slot, phase_iters=default.phase_iters,
+                                    phase_history=default.phase_history, phase_alpha=default.phase_alpha)}
+    cmp: dict = {}
+    for name, slot_cfg in variants.items():
+        c = replace(cfg, score=replace(cfg.score, slot=slot_cfg))
+        r = evaluate(model, c, env, modes=("slot",), **kw)["slot"]
+        cmp[name] = {"phase_iters": list(slot_cfg.phase_iters), "phase_history": list(slot_cfg.phase_history),
+                     "seconds": r["seconds"], "windows_per_s": r["windows_per_s"], "val_bpb": r["val_bpb"],
+                     "val_loss": r["val_loss"], "iters_mean": r["slot"]["iters_mean"],
+                     "evals_mean": r["slot"]["evals_mean"], "compliant": r["compliant"]}
+    s, c = cmp["single"], cmp["cascaded"]
+    cmp.update(windows=mode_plan("slot", len(data.stream), cfg).num_windows, time_ratio=c["seconds"] / s["seconds"],
+               speedup_pct=100.0 * (1.0 - c["seconds"] / s["seconds"]), bpb_delta=c["val_bpb"] - s["val_bpb"],
+               evals_ratio=sum(c["evals_mean"]) / max(sum(s["evals_mean"]), 1e-12))
+    out["slot_phases"] = cmp
+    return out
+
+
+def _bench_mode(r: dict) -> dict:
+    keys = ("windows", "seconds", "windows_per_s", "val_bpb", "compliant", "label", "seconds_phases")
+    return {k: r[k] for k in keys if k in r}
+
+
+def format_bench_eval(r: dict) -> str:
+    lines = [f"bench eval on {r['device']} x{r['world_size']}: {r['val_targets']:,} targets, T={r['seq_len']} "
+             f"S={r['stride']}, {r['batch_windows']} windows/batch; weights: {r['weights'] or 'in-memory model'}"]
+    for m, v in r["modes"].items():
+        ph = "".join(f" {k} {s:.2f}s" for k, s in v.get("seconds_phases", {}).items())
+        tag = "" if v["compliant"] else f"  [{v['label']}]"
+        lines.append(f"  {m:9s} {v['windows']:>8,} windows {v['seconds']:9.2f}s {v['windows_per_s']:10.1f} win/s "
+                     f"bpb {v['val_bpb']:.5f}{ph}{tag}")
+    over = "  OVER BUDGET" if r["eval_over_budget"] else ""
+    lines.append(f"  total {r['eval_seconds_total']:.2f}s (budget {r['eval_seconds_limit']:g}s){over}")
+    c = r["slot_phases"]
+    lines.append(f"SLOT single-phase vs cascaded on the same {c['windows']:,} windows:")
+    for name in ("single", "cascaded"):
+        v = c[name]
+        lines.append(f"  {name:9s} iters {v['phase_iters']} hist {v['phase_history']}: {v['seconds']:.2f}s "
+                     f"({v['windows_per_s']:.1f} win/s) bpb {v['val_bpb']:.5f}; closure evals/window "
+                     f"{sum(v['evals_mean']):.1f}, iterations/window {sum(v['iters_mean']):.1f}")
+    lines.append(f"  cascaded/single time ratio {c['time_ratio']:.3f} ({c['speedup_pct']:+.1f}% faster), "
+                 f"evals ratio {c['evals_ratio']:.3f}, bpb delta {c['bpb_delta']:+.5f} (cascaded - single)")
+    return "\n".join(lines)

@@ -48,6 +48,33 @@ def model_budget(cfg: RunConfig) -> dict:
     }
 
 
+def run_budget(run_dir, *, code_bytes: int) -> dict:
+    """Measured bytes of a quantized run: its artifact file + the code, against the config's limit. The
+    artifact is read and checked (digest, manifest) first: a damaged file is never counted as valid."""
+    from pathlib import Path
+
+    from pgolf.quant.artifact import RUN_ARTIFACT, artifact_bytes, read_artifact
+    from pgolf.train.loop import load_run_config
+
+    cfg = load_run_config(run_dir)
+    path = Path(run_dir) / RUN_ARTIFACT
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no artifact (run `pgolf quantize --run-dir {run_dir}` first)")
+    manifest, _ = read_artifact(path)
+    model = artifact_bytes(path)
+    total = model + code_bytes
+    limit = cfg.budget.artifact_bytes_limit
+    return {"run_dir": str(run_dir), "artifact": str(path), "model_bytes": model, "code_bytes": code_bytes,
+            "total_bytes": total, "limit_bytes": limit, "headroom_bytes": limit - total, "valid": total <= limit,
+            "compressor": manifest["compressor"]}
+
+
+def format_run_budget(b: dict) -> str:
+    verdict = "valid" if b["valid"] else "INVALID: over the limit"
+    return (f"code {b['code_bytes']:,} + model {b['model_bytes']:,} ({b['compressor']}) = {b['total_bytes']:,} bytes "
+            f"of {b['limit_bytes']:,} (decimal), headroom {b['headroom_bytes']:,}: {verdict}")
+
+
 def format_budget(b: dict) -> str:
     lines = [f"preset: {b['preset']}", f"params_total: {b['params_total']:,}"]
     for role, n in b["params_by_role"].items():

@@ -30,9 +30,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errs: list[type[BaseException]] = [ConfigError, DocsError, PrepareError, ShardError, TokenizerError,
                                        VerifyError, FileNotFoundError]
     from pgolf.data.fineweb import FinewebError
+    from pgolf.quant.artifact import ArtifactError
+    from pgolf.quant.run import QuantizeError
     from pgolf.train.loop import NonFiniteLossError
 
-    errs += [FinewebError, NonFiniteLossError]
+    errs += [FinewebError, NonFiniteLossError, ArtifactError, QuantizeError]
     return tuple(errs)
 
 
@@ -173,12 +175,99 @@ def cmd_train(args) -> int:
 
 
 def cmd_budget(args) -> int:
-    from pgolf.budget import format_budget, model_budget
+    from pgolf.budget import format_budget, format_run_budget, model_budget, run_budget
 
+    if args.run_dir:
+        b = run_budget(args.run_dir, code_bytes=_code_bytes(args, args.run_dir))
+        print(json.dumps(b, indent=2) if args.json else format_run_budget(b))
+        return 0 if b["valid"] else EXIT_FAIL
     cfg, _ = _resolve(args)
     b = model_budget(cfg)
     print(json.dumps(b, indent=2) if args.json else format_budget(b))
     return 0
+
+
+def _code_bytes(args, run_dir) -> int:
+    """--code-bytes, else the size of the train_gpt.py that `pgolf bundle` would emit for this run."""
+    if args.code_bytes is not None:
+        return args.code_bytes
+    from pgolf.bundle import run_code_bytes
+
+    return run_code_bytes(run_dir)
+
+
+def cmd_quantize(args) -> int:
+    from pgolf import runtime
+    from pgolf.quant.run import quantize_run
+
+    env = runtime.init(args.device)
+    try:
+        s = quantize_run(args.run_dir, env, code_bytes=_code_bytes(args, args.run_dir), progress=not args.json,
+                         echo=not args.json)
+        if env.is_main and args.json:
+            print(json.dumps(s, indent=2, default=str))
+        return 0 if s["within_limit"] else EXIT_FAIL
+    finally:
+        runtime.shutdown(env)
+
+
+def cmd_run(args) -> int:
+    from pgolf import runtime
+    from pgolf.pipeline import run_record
+    from pgolf.train.loop import default_run_dir
+
+    cfg, _ = _resolve(args)
+    env = runtime.init(args.device)
+    try:
+        run_dir = args.run_dir or default_run_dir(cfg, env)
+        if args.code_bytes is not None:
+            code = args.code_bytes
+        else:
+            from pgolf.bundle import config_code_bytes
+
+            code = config_code_bytes(cfg)
+        res = run_record(cfg, env, run_dir, code_bytes=code, progress=not args.no_progress)
+        if env.is_main:
+            for mode, r in res["modes"].items():
+                print(f"{mode}: val_bpb {r['val_bpb']:.6f} [{r['label']}]")
+            print(f"artifact {res['artifact_bytes']:,} + code {res['code_bytes']:,} = {res['total_bytes']:,} bytes "
+                  f"({'within' if res['within_limit'] else 'OVER'} the limit); run dir {run_dir}")
+        return 0 if res["within_limit"] else EXIT_FAIL
+    finally:
+        runtime.shutdown(env)
+
+
+def cmd_bench_quant(args) -> int:
+    from pgolf import runtime
+    from pgolf.bench import bench_quant
+
+    env = runtime.init(args.device)
+    try:
+        modes = tuple(m.strip() for m in args.mode.split(","))
+        res = bench_quant(args.run_dir, env, modes=modes, max_val_tokens=args.max_val_tokens,
+                          progress=not args.json)
+        if env.is_main:
+            print(json.dumps(res, indent=2, default=str) if args.json else _format_bench_quant(res))
+        return 0
+    finally:
+        runtime.shutdown(env)
+
+
+def _format_bench_quant(r: dict) -> str:
+    lines = [f"run {r['run_dir']} ({r['device']}), int{r['matrix_bits']} matrices / int{r['embed_bits']} tables"]
+    for m in r["modes"]:
+        lines.append(f"{m:8s} float {r['float_bpb'][m]:.5f}  rtn {r['rtn_bpb'][m]:.5f} "
+                     f"({r['penalty'][m]['rtn']:+.5f})  gptq {r['gptq_bpb'][m]:.5f} ({r['penalty'][m]['gptq']:+.5f})")
+    c = r["calibration"]
+    lines.append(f"calibration {c.get('source')}: {c['seconds']:.1f}s; quantize rtn {r['rtn_quantize_seconds']:.1f}s, "
+                 f"gptq {r['gptq_quantize_seconds']:.1f}s")
+    e = r["entropy_bytes"]
+    lines.append(f"entropy bound {e['total']:,.0f} bytes (symbols {e['symbols']:,.0f} + scales {e['scales']:,.0f} "
+                 f"+ fp16 {e['passthrough']:,.0f})")
+    for k, v in sorted(r["compressed"].items(), key=lambda kv: kv[1]["bytes"]):
+        lines.append(f"  {k:14s} {v['bytes']:>12,} bytes  {v['bytes'] / e['total']:.3f}x entropy  {v['seconds']:.1f}s")
+    lines.append(f"artifact bytes: rtn {r['rtn_artifact_bytes']:,}, gptq {r['gptq_artifact_bytes']:,}")
+    return "\n".join(lines)
 
 
 def cmd_bench_train(args) -> int:
@@ -198,35 +287,90 @@ def cmd_bench_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from pgolf import runtime
-    from pgolf.config import apply_overrides, parse_set
-    from pgolf.scoring.evaluate import evaluate, load_run_model
-    from pgolf.train.loop import load_run_config
+    from pgolf.scoring.evaluate import evaluate, format_results, parse_modes, save_nll
 
-    cfg = load_run_config(args.run_dir)
-    sets = parse_set(args.sets)
-    bad = [o.key for o in sets if not o.key.startswith(("score.", "data."))]
-    if bad:
-        raise _usage(f"eval accepts --set for score.* and data.* keys only, got {', '.join(bad)}")
-    cfg = apply_overrides(cfg, sets)
-    modes = tuple(m.strip() for m in args.mode.split(",")) if args.mode else cfg.score.modes
+    cfg, source = _eval_config(args)
+    modes = parse_modes(args.mode, cfg.score.modes)
     env = runtime.init(args.device)
     try:
-        from pgolf.train.loop import resolve_precision
-
-        model = load_run_model(args.run_dir, cfg, env.device)
-        amp, _ = resolve_precision(cfg, env.device)  # the run's own precision (bf16 autocast on GPU)
+        model, cfg, amp = _eval_model(source, cfg, env)
+        nll = {} if args.save_nll else None
         res = evaluate(model, cfg, env, modes=modes, max_val_tokens=args.max_val_tokens, autocast_dtype=amp,
-                       progress=not args.json)
+                       progress=not args.json, nll_out=nll, weights=source.label)
         if env.is_main:
-            if args.json:
-                print(json.dumps(res, indent=2))
-            else:
-                for mode, r in res.items():
-                    print(f"{mode} val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f} targets:{r['targets']} "
-                          f"bytes:{r['bytes']} eval_time:{r['seconds'] * 1000:.0f}ms [{r['label']}]")
+            for mode, path in (save_nll(args.save_nll, nll) if nll is not None else {}).items():
+                res[mode]["nll_file"] = path
+            print(json.dumps(res, indent=2) if args.json else format_results(res))
         return 0
     finally:
         runtime.shutdown(env)
+
+
+def cmd_bench_eval(args) -> int:
+    from pgolf import runtime
+    from pgolf.bench import bench_eval, format_bench_eval
+    from pgolf.config import SCORE_MODES
+    from pgolf.scoring.evaluate import parse_modes
+
+    cfg, source = _eval_config(args)
+    modes = parse_modes(args.mode, SCORE_MODES)
+    env = runtime.init(args.device)
+    try:
+        model, cfg, amp = _eval_model(source, cfg, env)
+        res = bench_eval(model, cfg, env, modes=modes, max_val_tokens=args.max_val_tokens, autocast_dtype=amp,
+                         weights=source.label, progress=not args.json)
+        if env.is_main:
+            print(json.dumps(res, indent=2) if args.json else format_bench_eval(res))
+        return 0
+    finally:
+        runtime.shutdown(env)
+
+
+def _eval_config(args):
+    """eval / bench eval: --run-dir or --artifact (+ --data, --tokenizer, --preset, --set) -> (cfg, source)."""
+    from pgolf.scoring.evaluate import eval_config
+
+    if args.run_dir and args.preset_given:
+        raise _usage("--preset applies to --artifact only (a run directory has its own config.json)")
+    data, tok = args.data, args.tokenizer
+    if data is not None:  # a dataset dir or a prepared root; the tokenizer is derived from its layout if possible
+        from pgolf.data.verify import find_layout
+
+        layout = find_layout(data, tok)
+        explicit = any(s.startswith("data.tokenizer_path=") for s in args.sets)
+        data, tok = layout.dataset_dir, (tok if explicit else layout.tokenizer_path)
+    return eval_config(run_dir=args.run_dir, artifact=args.artifact, data=data, tokenizer=tok, preset=args.preset,
+                       sets=args.sets, environ=os.environ)
+
+
+def _eval_model(source, cfg, env):
+    """-> (model, cfg with the weights' model section, autocast dtype); warns when scoring float weights."""
+    from pgolf.scoring.evaluate import load_eval_model
+    from pgolf.train.loop import resolve_precision
+
+    if source.kind == "float" and env.is_main:
+        print(f"pgolf eval: WARNING: no artifact in {source.path.parent}; scoring {source.path.name}: "
+              f"{source.label}", file=sys.stderr)
+    model, cfg = load_eval_model(source, cfg, env.device)
+    amp, _ = resolve_precision(cfg, env.device)  # the config's precision (bf16 autocast on GPU by default)
+    return model, cfg, amp
+
+
+def _add_eval_args(p: argparse.ArgumentParser, mode_help: str) -> None:
+    p.add_argument("--run-dir", default=None,
+                   help="a run directory: scores its artifact.pgolf, else its float weights (labelled as such)")
+    p.add_argument("--artifact", default=None, metavar="FILE", help="an artifact (the model is rebuilt from it)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="dataset dir with the val shards, or a prepared root (required with --artifact)")
+    p.add_argument("--tokenizer", default=None, metavar="MODEL",
+                   help="SentencePiece model (with --artifact: required unless found beside --data)")
+    p.add_argument("--preset", default="record", help="with --artifact: the config preset (default record)")
+    p.add_argument("--mode", default=None, help=mode_help)
+    p.add_argument("--max-val-tokens", type=int, default=0, help="score only a prefix of the val stream")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override score.* / data.* keys (repeatable)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true")
 
 
 def _usage(msg: str):
@@ -305,19 +449,40 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(fn=cmd_train)
 
     # eval
-    ev = verbs.add_parser("eval", help="score a trained run on the validation stream (plain, sliding)")
-    ev.add_argument("--run-dir", required=True, help="a finished training run directory")
-    ev.add_argument("--mode", default=None, help="comma-separated modes (default: the run's score.modes)")
-    ev.add_argument("--max-val-tokens", type=int, default=0, help="score only a prefix of the val stream")
-    ev.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                    help="override score.* / data.* keys")
-    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ev.add_argument("--json", action="store_true")
+    ev = verbs.add_parser("eval", help="score an artifact (or a run) on the validation stream, any modes")
+    _add_eval_args(ev, "comma-separated modes: plain, sliding, slot, ttt, ttt+slot (default: score.modes)")
+    ev.add_argument("--save-nll", default=None, metavar="FILE.npy",
+                    help="write per-target NLL (float64, stream order); with several modes one file each, "
+                         "the mode inserted before the suffix: FILE.plain.npy, FILE.slot.npy, ...")
     ev.set_defaults(fn=cmd_eval)
 
+    from pgolf.bundle import add_bundle_parser
+
+    add_bundle_parser(verbs)
+
+    # quantize / run
+    def code_and_device(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--code-bytes", type=int, default=None,
+                       help="code bytes counted with the artifact (default: the size of the bundled train_gpt.py)")
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    qu = verbs.add_parser("quantize", help="a trained run -> the compressed artifact (GPTQ, pruning to the budget)")
+    qu.add_argument("--run-dir", required=True, help="a finished training run directory")
+    code_and_device(qu)
+    qu.add_argument("--json", action="store_true")
+    qu.set_defaults(fn=cmd_quantize)
+    ru = verbs.add_parser("run", help="the record path in one process: train -> quantize -> score the artifact")
+    _add_config_args(ru, preset_default="record")
+    ru.add_argument("--run-dir", default=None, help="run directory (default runs/<run_id>)")
+    code_and_device(ru)
+    ru.add_argument("--no-progress", action="store_true")
+    ru.set_defaults(fn=cmd_run)
+
     # budget
-    bu = verbs.add_parser("budget", help="parameter count per role and packed artifact size estimate")
+    bu = verbs.add_parser("budget", help="parameter budget of a config, or code + artifact bytes of a run")
     _add_config_args(bu)
+    bu.add_argument("--run-dir", default=None, help="measure this run's artifact + code against the limit")
+    bu.add_argument("--code-bytes", type=int, default=None, help="with --run-dir: code bytes (default: bundle size)")
     bu.add_argument("--json", action="store_true")
     bu.set_defaults(fn=cmd_budget)
 
@@ -330,6 +495,16 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(fn=cmd_bench_train)
+    bev = bs.add_parser("eval", help="eval windows/s and seconds per mode; single-phase vs cascaded SLOT")
+    _add_eval_args(bev, "comma-separated modes to time (default: all five)")
+    bev.set_defaults(fn=cmd_bench_eval)
+    bq = bs.add_parser("quant", help="float vs RTN vs GPTQ BPB, compressor sizes vs entropy, quantization time")
+    bq.add_argument("--run-dir", required=True)
+    bq.add_argument("--mode", default="plain", help="scoring modes for the BPB comparison (default plain)")
+    bq.add_argument("--max-val-tokens", type=int, default=0)
+    bq.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bq.add_argument("--json", action="store_true")
+    bq.set_defaults(fn=cmd_bench_quant)
     return p
 
 

@@ -268,6 +268,8 @@ class QuantConfig:
     prune_target_bytes: int = 15_990_000
     """Selective +/-1 pruning target on the TOTAL (code + compressed model), decimal bytes."""
     compressor: Literal["auto", "lzma", "brotli", "zstd"] = "auto"
+    layout: Literal["int8", "int6p"] = "int8"
+    """How int6 values are laid out before compression: int8 planes, or 4 values packed in 3 bytes."""
 
     def __post_init__(self) -> None:
         p = "quant."
@@ -367,6 +369,9 @@ class ScoreConfig:
     """Evaluation modes, any of SCORE_MODES (plain, sliding, slot, ttt, ttt+slot)."""
     seq_len: int = 2048
     """Window length T for every mode."""
+    max_val_tokens: int = 0
+    """Score only the first N validation tokens (0 = all). Quick checks only: a partial score is labelled
+    as such and is never a challenge result."""
     sliding: SlidingConfig = field(default_factory=SlidingConfig)
     slot: SlotConfig = field(default_factory=SlotConfig)
     ttt: TTTConfig = field(default_factory=TTTConfig)
@@ -375,6 +380,7 @@ class ScoreConfig:
         bad = [m for m in self.modes if m not in SCORE_MODES]
         _require(not bad, "score.modes", f"unknown mode(s) {bad}; choose from {list(SCORE_MODES)}")
         _require(self.seq_len >= 2, "score.seq_len", "must be >= 2")
+        _require(self.max_val_tokens >= 0, "score.max_val_tokens", "must be >= 0 (0 = the whole stream)")
         _require(self.sliding.stride <= self.seq_len, "score.sliding.stride",
                  f"{self.sliding.stride} exceeds score.seq_len={self.seq_len}")
 

@@ -22,10 +22,13 @@ class Progress:
         self._last = self._t0
         self._bar = None
         if enabled and hasattr(self.stream, "isatty") and self.stream.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True,
-                             unit_scale=True)
+            try:
+                from tqdm import tqdm
+            except ImportError:  # the bundled train_gpt.py runs without tqdm: plain lines instead
+                tqdm = None
+            if tqdm is not None:
+                self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True,
+                                 unit_scale=True)
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -42,7 +45,8 @@ class Progress:
     def _line(self) -> None:
         el = max(time.monotonic() - self._t0, 1e-9)
         of = f"/{self.total}" if self.total else ""
-        print(f"{self.desc}: {self.n}{of} {self.unit} ({self.n / el:.1f} {self.unit}/s, {el:.0f}s)",
+        eta = f", eta {(self.total - self.n) * el / self.n:.0f}s" if self.total and 0 < self.n < self.total else ""
+        print(f"{self.desc}: {self.n}{of} {self.unit} ({self.n / el:.1f} {self.unit}/s, {el:.0f}s{eta})",
               file=self.stream, flush=True)
 
     def close(self) -> None:

@@ -339,3 +339,13 @@ def test_hessians_refuse_uncaptured_matrices():
     # Under autocast the attention output is bf16, so `o.to(bf16)` is a copy the recorder cannot match.
     with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="no input seen"):
         collect_hessians(_tiny_model(3), [idx])
+
+
+def test_lzma_payload_whose_declared_dictionary_is_rounded_up_decodes():
+    """xz declares the dictionary as 2^n or 3 * 2^(n-1): a 2^22 + 1 byte payload declares 6 MiB, more than
+    its size plus 1 MiB (an H100 record artifact of 27 MB raw hit exactly this as "Memory usage limit
+    exceeded"). The decoder's memory limit must allow the rounded size."""
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 4, 2**22 + 1, dtype=np.uint8).tobytes()
+    blob = art.compress(raw, "lzma")
+    assert art.decompress(blob, "lzma", len(raw)) == raw

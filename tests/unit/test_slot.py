@@ -198,3 +198,37 @@ def test_two_ranks_equal_one_rank():
         both = np.where(np.isnan(outs[0][3]), outs[1][3], outs[0][3])
         assert not np.isnan(both).any()
         assert np.array_equal(both, single[3])
+
+
+def test_adaptation_targets_are_already_scored(setup):
+    """Each window's objective reads exactly its focal range of targets just before its scored region
+    (all of [ws, first scored) with focal = 0): targets that earlier windows scored."""
+    model, stream, luts_t, plan = setup
+    for cfg in (CAUSAL_CFGS["single"], CAUSAL_CFGS["armijo_focal0"]):
+        runner = SlotRunner(model, stream, plan, luts_t, cfg, torch.device("cpu"))
+        for b in range(0, plan.num_windows, BW):
+            idx = range(b, min(b + BW, plan.num_windows))
+            bt = runner._prepare(idx)
+            for r, w in enumerate(idx):
+                t = (int(bt.starts[r]) + bt.a + bt.opt_idx[r][bt.opt_mask[r]]).numpy()  # absolute target indices
+                first = plan.scored_range(w)[0]
+                lo = int(plan.starts[w]) if cfg.focal == 0 else max(int(plan.starts[w]), first - cfg.focal)
+                assert np.array_equal(t, np.arange(lo, first)), (w, t)
+                if w > 0:
+                    assert plan.scored_range(w - 1)[1] == first  # [0, first) was scored by windows < w
+                yo = bt.y_adapt[r].gather(0, bt.opt_idx[r])[bt.opt_mask[r]].numpy()
+                assert np.array_equal(yo, stream[t + 1])
+
+
+def test_delta_alone_equals_in_a_batch_of_32():
+    """The batched L-BFGS gives a window the same delta alone as among 32 windows of one batch."""
+    stream, luts_t = make_data(n=32 * S + T + 2)
+    plan = sliding_plan(len(stream), T, S)
+    cfg = SlotConfig(phase_iters=(5, 18), phase_history=(10, 20), phase_alpha=(0.0, 0.5), focal=FOCAL)
+    runner = SlotRunner(make_model(), stream, plan, luts_t, cfg, torch.device("cpu"))
+    batch = runner.score_batch(range(1, 33), None, ScoreAccumulator())  # windows 1-32 (window 0 has no data)
+    assert batch.shape[0] == 32 and batch.abs().max() > 0.1
+    for r in (0, 1, 8, 15, 16, 23, 30, 31):  # first, last, and rows around the middle of the batch
+        w = r + 1
+        alone = runner.score_batch(range(w, w + 1), None, ScoreAccumulator())
+        torch.testing.assert_close(alone[0], batch[r], rtol=0, atol=1e-10)

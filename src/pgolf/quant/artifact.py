@@ -49,10 +49,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import brotli
 import numpy as np
 import torch
-import zstandard
 from torch import Tensor, nn
 
 from pgolf import ARTIFACT_FORMAT_VERSION, __version__
@@ -77,6 +75,33 @@ MAX_MANIFEST_BYTES = 64 * 2**20
 MAX_RAW_BYTES = 2**31
 """Upper bound on the declared decompressed payload (the 16 MB challenge models need ~17 MB)."""
 COMPRESSORS = ("lzma", "brotli", "zstd")
+RUN_ARTIFACT = "artifact.pgolf"
+"""File name of a run directory's artifact (written by `pgolf quantize` / the pipeline)."""
+
+
+def _zstd():
+    """zstandard is optional at run time (the bundled train_gpt.py needs only torch, numpy,
+    sentencepiece and brotli): "auto" skips zstd when it is missing; asking for it names the problem."""
+    try:
+        import zstandard
+    except ImportError:
+        return None
+    return zstandard
+
+
+def _brotli():
+    """brotli is a challenge requirement but imported lazily, so a machine without it still runs
+    (auto then skips it) and a brotli artifact there fails with a clear message."""
+    try:
+        import brotli
+    except ImportError:
+        return None
+    return brotli
+
+
+def available_compressors() -> tuple[str, ...]:
+    optional = {"zstd": _zstd, "brotli": _brotli}
+    return tuple(c for c in COMPRESSORS if c not in optional or optional[c]() is not None)
 _SCHEME_RE = re.compile(r"(gptq|rtn|pctl|sdclip)_int([2-8])")
 _DTYPES = {"int8": np.dtype("i1"), "float16": np.dtype("<f2")}
 
@@ -115,8 +140,14 @@ def compress(raw: bytes, name: str) -> bytes:
         filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": dict_size}]
         return lzma.compress(raw, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, filters=filters)
     if name == "brotli":
+        brotli = _brotli()
+        if brotli is None:
+            raise ValueError("compressor brotli needs the 'brotli' package (pip install brotli)")
         return brotli.compress(raw, quality=11, lgwin=24)
     if name == "zstd":
+        zstandard = _zstd()
+        if zstandard is None:
+            raise ValueError("compressor zstd needs the 'zstandard' package (pip install zstandard)")
         return zstandard.ZstdCompressor(level=22, write_content_size=True).compress(raw)
     raise ValueError(f"unknown compressor {name!r}; choose from {', '.join(COMPRESSORS)} or auto")
 
@@ -125,19 +156,27 @@ def decompress(data: bytes, name: str, raw_bytes: int) -> bytes:
     """Inverse of `compress`, producing at most raw_bytes + 1 bytes; ValueError unless exactly raw_bytes."""
     if name == "lzma":
         # Decoder memory is about the dictionary size; ours never exceeds the payload (see `compress`).
-        limit = min(max(raw_bytes, 4096), 64 * 2**20) + 2**20
+        # The xz header rounds the dictionary up to 2^n or 3 * 2^(n-1) (up to 4/3 of what was asked, e.g.
+        # a 26 MB payload declares 32 MiB), and the decoder needs that much: allow twice the size.
+        limit = 2 * min(max(raw_bytes, 4096), 64 * 2**20) + 2**20
         d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=limit)
         out = d.decompress(data, max_length=raw_bytes + 1)
         if not d.eof or d.unused_data or len(out) != raw_bytes:
             raise ValueError("lzma stream does not decode to the declared payload size")
         return out
     if name == "brotli":
+        brotli = _brotli()
+        if brotli is None:
+            raise ValueError("this artifact is brotli-compressed; install the 'brotli' package to read it")
         d = brotli.Decompressor()
         out = d.process(data, output_buffer_limit=raw_bytes + 1)
         if not d.is_finished() or len(out) != raw_bytes:
             raise ValueError("brotli stream does not decode to the declared payload size")
         return out
     if name == "zstd":
+        zstandard = _zstd()
+        if zstandard is None:
+            raise ValueError("this artifact is zstd-compressed; install the 'zstandard' package to read it")
         if zstandard.frame_content_size(data) != raw_bytes:
             raise ValueError("zstd frame does not declare the payload size")
         reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=False)
@@ -151,7 +190,7 @@ def decompress(data: bytes, name: str, raw_bytes: int) -> bytes:
 def compress_best(raw: bytes, compressor: str) -> tuple[str, bytes, dict[str, int]]:
     """-> (name, compressed bytes, {name: size} of every compressor tried); "auto" tries all three and
     keeps the smallest (earliest in COMPRESSORS on ties)."""
-    names = COMPRESSORS if compressor == "auto" else (compressor,)
+    names = available_compressors() if compressor == "auto" else (compressor,)
     best: tuple[str, bytes] | None = None
     sizes: dict[str, int] = {}
     for name in names:
@@ -225,16 +264,20 @@ def build_payload(tensors: Mapping[str, QTensor], layout: str = "int8",
     return index, b"".join(chunks)
 
 
-def write_artifact(path: str | os.PathLike, model_cfg_dict: Mapping[str, Any], tensors: Mapping[str, QTensor],
-                   compressor: str = "auto", *, roles: Mapping[str, Any] | None = None,
-                   quant_cfg_dict: Mapping[str, Any] | None = None, layout: str = "int8") -> int:
-    """Write the artifact; returns the number of bytes written (the file size).
+def encode_artifact(model_cfg_dict: Mapping[str, Any], tensors: Mapping[str, QTensor], compressor: str = "auto",
+                    *, roles: Mapping[str, Any] | None = None, quant_cfg_dict: Mapping[str, Any] | None = None,
+                    layout: str = "int8", extra: Mapping[str, Any] | None = None,
+                    compressed: tuple[str, bytes, dict[str, int]] | None = None) -> bytes:
+    """The artifact file's bytes (see the module docstring); `write_artifact` puts them on disk.
 
     roles: {tensor name: role} (recorded per tensor and summarized as role -> schemes); layout: how Q is
-    laid out before compression, "int8" planes or "int6p" (4 values in 3 bytes for bits <= 6).
+    laid out before compression, "int8" planes or "int6p" (4 values in 3 bytes for bits <= 6); extra:
+    JSON-able facts recorded under manifest["extra"] (e.g. the pruning summary); compressed: the
+    `compress_best` result for exactly these tensors and layout, when the caller already has it (a
+    record-size compression takes tens of seconds).
     """
     index, raw = build_payload(tensors, layout, roles)
-    name, blob, sizes = compress_best(raw, compressor)
+    name, blob, sizes = compressed if compressed is not None else compress_best(raw, compressor)
     schemes: dict[str, list[str]] = {}
     for t in index:
         if t["role"] is not None:
@@ -247,10 +290,21 @@ def write_artifact(path: str | os.PathLike, model_cfg_dict: Mapping[str, Any], t
         "model": dict(model_cfg_dict), "schemes": schemes, "quant": dict(quant_cfg_dict or {}),
         "tensors": index,
     }
+    if extra:
+        manifest["extra"] = dict(extra)
     mbytes = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
     fixed = _FIXED.pack(MAGIC, ARTIFACT_FORMAT_VERSION, len(mbytes), len(blob))
     digest = hashlib.sha256(fixed + mbytes + blob).digest()
-    data = fixed + digest + mbytes + blob
+    return fixed + digest + mbytes + blob
+
+
+def write_artifact(path: str | os.PathLike, model_cfg_dict: Mapping[str, Any], tensors: Mapping[str, QTensor],
+                   compressor: str = "auto", *, roles: Mapping[str, Any] | None = None,
+                   quant_cfg_dict: Mapping[str, Any] | None = None, layout: str = "int8",
+                   extra: Mapping[str, Any] | None = None) -> int:
+    """Write the artifact atomically (temp file + rename); returns the number of bytes written."""
+    data = encode_artifact(model_cfg_dict, tensors, compressor, roles=roles, quant_cfg_dict=quant_cfg_dict,
+                           layout=layout, extra=extra)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
@@ -397,7 +451,11 @@ def read_artifact(path: str | os.PathLike) -> tuple[dict, dict[str, QTensor]]:
         raise _fail(path, f"invalid manifest: {e}") from None
     try:
         raw = decompress(body[mlen:], manifest["compressor"], manifest["raw_bytes"])
-    except (ValueError, lzma.LZMAError, brotli.error, zstandard.ZstdError, MemoryError) as e:
+    except (ValueError, lzma.LZMAError, MemoryError) as e:
+        raise _fail(path, f"payload does not decompress: {e}") from None
+    except Exception as e:  # brotli.error / zstandard.ZstdError (optional modules, so not named here)
+        if type(e).__name__ not in ("error", "ZstdError"):
+            raise
         raise _fail(path, f"payload does not decompress: {e}") from None
     try:
         tensors = {t["name"]: _decode(t, raw) for t in manifest["tensors"]}
@@ -520,12 +578,14 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu"):
 
 
 def save_model_artifact(path: str | os.PathLike, model: nn.Module, tensors: Mapping[str, QTensor], quant_cfg,
-                        *, layout: str = "int8") -> int:
-    """write_artifact with the model's config, roles and the quant config filled in; returns bytes written."""
+                        *, layout: str = "int8", compressor: str | None = None,
+                        extra: Mapping[str, Any] | None = None) -> int:
+    """write_artifact with the model's config, roles and the quant config filled in; returns bytes written.
+    compressor: overrides quant_cfg.compressor (e.g. the one "auto" already chose)."""
     from pgolf.config import to_dict
 
-    return write_artifact(path, to_dict(model.cfg), tensors, quant_cfg.compressor, roles=roles_by_name(model),
-                          quant_cfg_dict=to_dict(quant_cfg), layout=layout)
+    return write_artifact(path, to_dict(model.cfg), tensors, compressor or quant_cfg.compressor,
+                          roles=roles_by_name(model), quant_cfg_dict=to_dict(quant_cfg), layout=layout, extra=extra)
 
 
 def entropy_bytes(tensors: Mapping[str, QTensor]) -> dict[str, float]:

@@ -1,64 +1,355 @@
-"""Evaluate a model on the validation stream with the configured modes; one result object per mode.
+"""Evaluate a model on the validation stream with each configured mode; one result object per mode.
 
-Modes built so far: `plain` (non-overlapping windows, every target) and `sliding` (window
-score.seq_len, stride score.sliding.stride). Results carry loss (nats/token), BPB, counts, seconds
-and a compliance label.
+Modes (config.SCORE_MODES; all read the same stream and every one scores each target exactly once):
+
+    plain      non-overlapping windows of score.seq_len (plan.plain_plan; the last partial one kept)
+    sliding    window score.seq_len, stride score.sliding.stride, fixed tail rule (STACK.md 6.2)
+    slot       sliding windows + causal per-window SLOT (slot.score_slot with score.slot; 8.4)
+    ttt        score-first test-time training over chunks (ttt.score_ttt with score.ttt; 7.2)
+    ttt+slot   ttt, each chunk scored with causal SLOT
+
+`evaluate()` returns {mode: result} (all ranks get the same; JSON-ready, `pgolf eval --json` prints
+it), each result::
+
+    "val_loss", "val_bpb", "nats", "targets", "bytes"    loss in nats/target; float64 sums, one division
+    "seconds", "windows", "windows_per_s"               CUDA-synced wall time of this mode
+    "seconds_phases": {"score", "train"}                ttt modes only
+    "settings": {...}                                   the config sub-dicts this mode used
+    "compliant": bool, "label": str                     NON-COMPLIANT for the reference modes
+    "weights": str                                      what was scored (artifact / float weights)
+    "audit": {"ok", "n_problems", "problems"}           ttt modes: the audit_ledger verdict
+    "slot": {...}, "ttt": {...}                         method diagnostics (never the ledger arrays)
+    "eval_seconds_total", "eval_seconds_limit",         the whole call: summed seconds of every mode
+    "eval_over_budget"                                  run, budget.eval_seconds_limit, sum > limit
+
+The budget is reported, never enforced: when the summed seconds of the modes run exceed
+budget.eval_seconds_limit a WARNING line is logged and eval_over_budget is true (the challenge's
+limit is for the whole evaluation on 8xH100, STACK.md 6.5).
+
+Compliance: `score.slot.coupling=shared` and `score.ttt.mode=prequant` reproduce the withdrawn entry
+(STACK.md 8.2-8.3) and are labelled NON-COMPLIANT by slot.py / ttt.py; a ttt ledger that fails
+`audit_ledger` also makes its mode non-compliant.
+
+Exactly once: every mode's scored-target count must equal the plan's; with `nll_out` (per-target NLL,
+float64, stream order: index t = the target stream[t + 1]) the ranks' disjoint parts are summed and
+each target must have been written by exactly one rank, so no target is missed or scored twice.
+`save_nll` writes those arrays for `pgolf eval --save-nll FILE.npy` (several modes: FILE.<mode>.npy).
+
+Weights: `eval_config` + `load_eval_model` find what to score: an artifact (`--artifact`, or a run
+directory's RUN_ARTIFACT), else a run's float weights model_final.pt, labelled FLOAT_WEIGHTS_LABEL so
+that a float score is never mistaken for the artifact's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pgolf.config import RunConfig
+from pgolf.config import SCORE_MODES, ConfigError, RunConfig, to_dict
 from pgolf.data.shards import list_shards, load_val_tokens
 from pgolf.data.tokenizer import build_byte_luts, load_tokenizer, luts_to_torch
 from pgolf.runtime import DistEnv
-from pgolf.scoring.plan import plain_plan, sliding_plan
+from pgolf.scoring.plan import ScorePlan, plain_plan, sliding_plan
 from pgolf.scoring.sliding import score_windows
+from pgolf.scoring.slot import rank_segments, score_slot, segments
+from pgolf.scoring.ttt import _share, audit_ledger, chunk_windows, score_ttt
 from pgolf.telemetry import Progress
 
-BUILT_MODES = ("plain", "sliding")
+WARM_SEGMENTS = 8
+"""SLOT warm-start segments (slot.py): ranks take whole segments, so up to 8 ranks share the work."""
+FLOAT_WEIGHTS_LABEL = "float weights (not the artifact)"
+COMPLIANT_LABEL = "compliant"
+AUDIT_FAILED_LABEL = "NON-COMPLIANT (TTT ledger audit failed)"
+MAX_AUDIT_PROBLEMS = 20
+"""At most this many ledger problems are listed in a result (n_problems counts them all)."""
 
 
-def evaluate(model: torch.nn.Module, cfg: RunConfig, env: DistEnv, *, modes: tuple[str, ...] | None = None,
-             max_val_tokens: int = 0, autocast_dtype: torch.dtype | None = None, progress: bool = False,
-             nll_out: dict[str, np.ndarray] | None = None) -> dict[str, dict]:
-    modes = tuple(modes or cfg.score.modes)
-    missing = [m for m in modes if m not in BUILT_MODES]
-    if missing:
-        raise ValueError(f"score.modes: {missing} not built yet (built: {', '.join(BUILT_MODES)})")
+@dataclass(frozen=True)
+class EvalData:
+    """The validation stream and the byte LUTs (torch, on the scoring device)."""
+
+    stream: np.ndarray
+    luts_t: dict
+
+
+def load_eval_data(cfg: RunConfig, device: torch.device, max_val_tokens: int = 0) -> EvalData:
     stream = load_val_tokens(cfg.data.path, cfg.model.vocab_size)
     if max_val_tokens:
         stream = stream[:max_val_tokens]
     sp = load_tokenizer(cfg.data.tokenizer_path)
-    luts_t = luts_to_torch(build_byte_luts(sp, cfg.model.vocab_size), env.device)
+    return EvalData(np.asarray(stream), luts_to_torch(build_byte_luts(sp, cfg.model.vocab_size), device))
+
+
+def parse_modes(text: str | None, default: Iterable[str]) -> tuple[str, ...]:
+    """'plain,slot' -> ('plain', 'slot'); None or '' -> default. Unknown or repeated modes are errors."""
+    modes = tuple(m.strip() for m in text.split(",") if m.strip()) if text else tuple(default)
+    bad = [m for m in modes if m not in SCORE_MODES]
+    if bad:
+        raise ConfigError(f"--mode: unknown mode(s) {bad}; choose from {', '.join(SCORE_MODES)}")
+    if len(set(modes)) != len(modes) or not modes:
+        raise ConfigError(f"--mode: give each mode once, got {list(modes)}")
+    return modes
+
+
+def mode_plan(mode: str, n_tokens: int, cfg: RunConfig) -> ScorePlan:
     T = cfg.score.seq_len
-    model.eval()
-    out = {}
-    for mode in modes:
-        plan = plain_plan(len(stream), T) if mode == "plain" else sliding_plan(len(stream), T,
-                                                                                cfg.score.sliding.stride)
-        nll = np.full(plan.n_targets, np.nan) if nll_out is not None else None
-        t0 = time.perf_counter()
-        lo, hi = plan.rank_windows(env)
-        with Progress(f"eval {mode}", total=hi - lo, unit="win", enabled=progress and env.is_main) as bar:
-            s = score_windows(model, stream, plan, luts_t, env, batch_windows=cfg.score.sliding.batch_windows,
-                              autocast_dtype=autocast_dtype, nll_out=nll, progress=bar)
-        if env.device.type == "cuda":
-            torch.cuda.synchronize(env.device)
-        out[mode] = {**s.to_json(), "seconds": time.perf_counter() - t0, "windows": plan.num_windows,
-                     "seq_len": T, "stride": plan.stride, "compliant": True, "label": "compliant"}
-        if nll_out is not None:
-            nll_out[mode] = nll
+    return plain_plan(n_tokens, T) if mode == "plain" else sliding_plan(n_tokens, T, cfg.score.sliding.stride)
+
+
+def mode_settings(mode: str, cfg: RunConfig, plan: ScorePlan, warm_segments: int) -> dict:
+    out = {"seq_len": plan.seq_len, "stride": plan.stride, "batch_windows": cfg.score.sliding.batch_windows}
+    if mode in ("slot", "ttt+slot"):
+        out["slot"] = to_dict(cfg.score.slot)
+        out["warm_segments"] = warm_segments
+    if mode in ("ttt", "ttt+slot"):
+        out["ttt"] = to_dict(cfg.score.ttt)
     return out
 
 
+def rank_window_count(mode: str, plan: ScorePlan, cfg: RunConfig, env: DistEnv, warm_segments: int) -> int:
+    """Windows this rank scores in `mode` (the progress bar's total)."""
+    bw = cfg.score.sliding.batch_windows
+    W = plan.num_windows
+
+    def share(lo: int, hi: int) -> int:
+        if mode in ("slot", "ttt+slot"):
+            return sum(b - a for a, b in rank_segments(segments(lo, hi, bw, warm_segments), env))
+        a, b = _share(lo, hi, env)
+        return b - a
+
+    if mode in ("plain", "sliding"):
+        lo, hi = plan.rank_windows(env)
+        return hi - lo
+    if mode == "slot" or cfg.score.ttt.mode == "prequant":
+        return share(0, W)
+    bounds = chunk_windows(plan, cfg.score.ttt.chunk_tokens)
+    return sum(share(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
+
+
+def _gather_nll(nll: np.ndarray, env: DistEnv, mode: str) -> np.ndarray:
+    """Sum the ranks' disjoint NLL parts; raise unless every target was written by exactly one rank."""
+    written = ~np.isnan(nll)
+    if env.distributed:
+        t = torch.from_numpy(np.where(written, nll, 0.0)).to(env.device)
+        c = torch.from_numpy(written.astype(np.float64)).to(env.device)
+        env.all_reduce_(t)
+        env.all_reduce_(c)
+        nll, count = t.cpu().numpy(), c.cpu().numpy()
+    else:
+        count = written.astype(np.float64)
+    if not (count == 1).all():
+        raise RuntimeError(f"eval {mode}: {int((count == 0).sum())} targets never scored, "
+                           f"{int((count > 1).sum())} scored on several ranks")
+    return nll
+
+
+def _default_log(env: DistEnv) -> Callable[[str], None]:
+    def log(msg: str) -> None:
+        if env.is_main:
+            print(msg, file=sys.stderr, flush=True)
+    return log
+
+
+def _run_mode(mode: str, model: torch.nn.Module, data: EvalData, plan: ScorePlan, cfg: RunConfig, env: DistEnv,
+              autocast_dtype, nll: np.ndarray | None, bar, warm_segments: int) -> dict:
+    """-> the mode's result fields (score, compliance, diagnostics); timing is added by the caller."""
+    bw = cfg.score.sliding.batch_windows
+    if mode in ("plain", "sliding"):
+        s = score_windows(model, data.stream, plan, data.luts_t, env, batch_windows=bw, autocast_dtype=autocast_dtype,
+                          nll_out=nll, progress=bar)
+        return {**s.to_json(), "compliant": True, "label": COMPLIANT_LABEL}
+    if mode == "slot":
+        s, info = score_slot(model, data.stream, plan, data.luts_t, env, cfg.score.slot, batch_windows=bw,
+                             autocast_dtype=autocast_dtype, nll_out=nll, warm_segments=warm_segments, progress=bar)
+        diag = {k: v for k, v in info.items() if k not in ("compliant", "label", "mode", "seconds", "windows_per_s")}
+        return {**s.to_json(), "compliant": info["compliant"], "label": info["label"], "slot": diag}
+    s, info = score_ttt(model, data.stream, plan, data.luts_t, env, cfg.score, with_slot=mode == "ttt+slot",
+                        autocast_dtype=autocast_dtype, nll_out=nll, warm_segments=warm_segments, progress=bar)
+    problems = audit_ledger(info["ledger"], plan)
+    compliant, label = info["compliant"], info["label"]
+    if problems and compliant:
+        compliant, label = False, AUDIT_FAILED_LABEL
+    out = {**s.to_json(), "compliant": compliant, "label": label,
+           "seconds_phases": {"score": info["seconds_score"], "train": info["seconds_train"]},
+           "audit": {"ok": not problems, "n_problems": len(problems), "problems": problems[:MAX_AUDIT_PROBLEMS]},
+           "ttt": {k: info[k] for k in ("ttt_mode", "chunks", "updates", "train_loss_per_chunk")}}
+    if "slot" in info:
+        out["slot"] = info["slot"]
+    return out
+
+
+def evaluate(model: torch.nn.Module, cfg: RunConfig, env: DistEnv, *, modes: Iterable[str] | None = None,
+             max_val_tokens: int = 0, data: EvalData | None = None, autocast_dtype: torch.dtype | None = None,
+             progress: bool = False, nll_out: dict[str, np.ndarray] | None = None, weights: str = "",
+             warm_segments: int = WARM_SEGMENTS, log: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """Score `model` with each mode (default cfg.score.modes); see the module docstring for the result.
+
+    data: the stream and LUTs (default: loaded from cfg.data); max_val_tokens keeps a prefix of it.
+    nll_out: if given, nll_out[mode] is set to the per-target NLL (float64, stream order, all ranks).
+    weights: a label of what is being scored, copied into the result and every mode's result.
+    log: receives the budget WARNING line (default: stderr on rank 0).
+    """
+    modes = tuple(modes or cfg.score.modes)
+    missing = [m for m in modes if m not in SCORE_MODES]
+    if missing:
+        raise ConfigError(f"score.modes: unknown mode(s) {missing}; choose from {', '.join(SCORE_MODES)}")
+    log = log or _default_log(env)
+    if data is None:
+        data = load_eval_data(cfg, env.device, max_val_tokens)
+    elif max_val_tokens:
+        data = EvalData(data.stream[:max_val_tokens], data.luts_t)
+    was_training = model.training
+    model.eval()
+    results: dict[str, dict] = {}
+    try:
+        for mode in modes:
+            plan = mode_plan(mode, len(data.stream), cfg)
+            nll = np.full(plan.n_targets, np.nan) if nll_out is not None else None
+            total = rank_window_count(mode, plan, cfg, env, warm_segments)
+            t0 = time.perf_counter()
+            with Progress(f"eval {mode}", total=total, unit="win", enabled=progress and env.is_main) as bar:
+                r = _run_mode(mode, model, data, plan, cfg, env, autocast_dtype, nll, bar, warm_segments)
+            if env.device.type == "cuda":
+                torch.cuda.synchronize(env.device)
+            secs = time.perf_counter() - t0
+            if r["targets"] != plan.n_targets:  # with the NLL check below: every target exactly once
+                raise RuntimeError(f"eval {mode}: scored {r['targets']} targets, the plan has {plan.n_targets}")
+            if nll is not None:
+                nll_out[mode] = _gather_nll(nll, env, mode)
+            results[mode] = {**r, "seconds": secs, "windows": plan.num_windows,
+                             "windows_per_s": plan.num_windows / secs if secs > 0 else float("inf"),
+                             "settings": mode_settings(mode, cfg, plan, warm_segments), "weights": weights}
+    finally:
+        model.train(was_training)
+    total_s = sum(r["seconds"] for r in results.values())
+    limit = cfg.budget.eval_seconds_limit
+    over = total_s > limit
+    if over:
+        per = ", ".join(f"{m} {r['seconds']:.1f}s" for m, r in results.items())
+        log(f"WARNING: eval time {total_s:.1f}s ({per}) exceeds budget.eval_seconds_limit={limit:g}s "
+            f"on {env.world_size} rank(s) (reported, not enforced)")
+    for r in results.values():
+        r.update(eval_seconds_total=total_s, eval_seconds_limit=limit, eval_over_budget=over)
+    return results
+
+
+def format_results(res: Mapping[str, Mapping]) -> str:
+    """The human form of an evaluate() result: one key:value line per mode, then the budget line."""
+    lines = []
+    for mode, r in res.items():
+        extra = f" [{r['weights']}]" if r.get("weights") == FLOAT_WEIGHTS_LABEL else ""
+        phases = "".join(f" {k}_time:{v * 1000:.0f}ms" for k, v in r.get("seconds_phases", {}).items())
+        audit = "" if "audit" not in r or r["audit"]["ok"] else f" ledger_audit:FAILED({r['audit']['n_problems']})"
+        nll = f" nll_file:{r['nll_file']}" if "nll_file" in r else ""
+        lines.append(f"{mode} val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f} targets:{r['targets']} "
+                     f"bytes:{r['bytes']} eval_time:{r['seconds'] * 1000:.0f}ms{phases}{audit}{nll} "
+                     f"[{r['label']}]{extra}")
+    if res:
+        r = next(iter(res.values()))
+        over = " OVER BUDGET" if r["eval_over_budget"] else ""
+        lines.append(f"eval_time_total:{r['eval_seconds_total']:.1f}s budget:{r['eval_seconds_limit']:g}s{over} "
+                     f"weights:{r['weights'] or 'in-memory model'}")
+    return "\n".join(lines)
+
+
+def nll_paths(path: str | Path, modes: Iterable[str]) -> dict[str, Path]:
+    """Where --save-nll writes: the file itself for one mode; for several, the mode name inserted
+    before the suffix (nll.npy -> nll.plain.npy, nll.slot.npy, nll.ttt+slot.npy, ...)."""
+    p = Path(path)
+    modes = list(modes)
+    if len(modes) == 1:
+        return {modes[0]: p}
+    return {m: p.with_name(f"{p.stem}.{m}{p.suffix}") for m in modes}
+
+
+def save_nll(path: str | Path, nll: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Write each mode's per-target NLL (float64 .npy, stream order) to nll_paths(); -> {mode: file}."""
+    out = {}
+    for mode, p in nll_paths(path, nll).items():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "wb") as fh:  # exact name: np.save(str) would append .npy to other suffixes
+            np.save(fh, np.asarray(nll[mode], dtype=np.float64))
+        out[mode] = str(p)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ weights
+
+
+@dataclass(frozen=True)
+class EvalSource:
+    """What `pgolf eval` scores: an artifact (kind "artifact") or a run's float weights (kind "float")."""
+
+    kind: str
+    path: Path
+
+    @property
+    def label(self) -> str:
+        return f"artifact {self.path}" if self.kind == "artifact" else FLOAT_WEIGHTS_LABEL
+
+
+def eval_config(*, run_dir: str | Path | None = None, artifact: str | Path | None = None,
+                data: str | Path | None = None, tokenizer: str | Path | None = None, preset: str = "record",
+                sets: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> tuple[RunConfig, EvalSource]:
+    """The config and the weights for an evaluation (the model section comes from the weights later).
+
+    run_dir: the run's config.json; its RUN_ARTIFACT if present, else model_final.pt (float weights).
+    artifact: the preset (+ PGOLF_ environ + sets) for everything but the model; needs data and a
+    tokenizer (argument or --set data.tokenizer_path). data: a dataset dir (validation shards) and
+    tokenizer: a SentencePiece model; both override data.* when given. sets: score.* and data.* only.
+    """
+    from pgolf.config import apply_overrides, parse_set, resolve
+    from pgolf.quant.artifact import RUN_ARTIFACT
+
+    sets = list(sets)
+    parsed = parse_set(sets)
+    bad = [o.key for o in parsed if not o.key.startswith(("score.", "data."))]
+    if bad:
+        raise ConfigError(f"eval accepts --set for score.* and data.* keys only, got {', '.join(bad)}")
+    if (run_dir is None) == (artifact is None):
+        raise ConfigError("eval needs exactly one of --run-dir DIR or --artifact FILE")
+    if run_dir is not None:
+        from pgolf.train.loop import load_run_config
+
+        cfg = apply_overrides(load_run_config(run_dir), parsed)
+        art = Path(run_dir) / RUN_ARTIFACT
+        source = EvalSource("artifact", art) if art.is_file() else EvalSource("float", Path(run_dir) / "model_final.pt")
+    else:
+        if data is None:
+            raise ConfigError("--artifact needs --data DIR (the dataset with the validation shards)")
+        if tokenizer is None and not any(o.key == "data.tokenizer_path" for o in parsed):
+            raise ConfigError(f"--tokenizer MODEL is required with --artifact (none found beside {data})")
+        if not Path(artifact).is_file():
+            raise FileNotFoundError(f"{artifact}: no such artifact")
+        cfg, _ = resolve(preset, sets, environ if environ is not None else {})
+        source = EvalSource("artifact", Path(artifact))
+    d = cfg.data
+    if data is not None:
+        d = dataclasses.replace(d, path=str(data))
+    if tokenizer is not None:
+        d = dataclasses.replace(d, tokenizer_path=str(tokenizer))
+    return dataclasses.replace(cfg, data=d), source
+
+
+def load_eval_model(source: EvalSource, cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module, RunConfig]:
+    """-> (model in eval mode on device, cfg with the model section the weights were built from)."""
+    if source.kind == "artifact":
+        from pgolf.quant.artifact import load_artifact
+
+        model = load_artifact(source.path, device)
+        return model, dataclasses.replace(cfg, model=model.cfg)
+    return load_run_model(source.path.parent, cfg, device).eval(), cfg
+
+
 def load_run_model(run_dir: str | Path, cfg: RunConfig, device: torch.device) -> torch.nn.Module:
-    """The trained (EMA) weights of a run directory, in float32 (the artifact path comes with issue 4)."""
+    """The trained (EMA) float weights of a run directory (model_final.pt), in float32."""
     from pgolf.train.loop import build_model
 
     p = Path(run_dir) / "model_final.pt"

@@ -302,6 +302,10 @@ class Trainer:
 
         iters = cfg.train.iterations
         cap = cfg.train.max_wallclock_seconds
+        if cap > 0 and self._train_calibration_on():
+            # Training-batch GPTQ calibration must finish inside the wallclock (STACK.md 5.2): reserve it.
+            cap = max(cap - cfg.quant.calib_reserve_seconds, 0.0)
+            self.log.log(f"calibration_reserve:{cfg.quant.calib_reserve_seconds:.1f}s training_cap:{cap:.1f}s")
         tokens_per_step = cfg.train.batch_tokens
         stopped_by = "iterations"
         bad = torch.zeros((), dtype=torch.bool, device=self.device)  # sticky non-finite flag (no sync)
@@ -399,13 +403,51 @@ class Trainer:
         if env.is_main:
             torch.save({k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()},
                        self.run_dir / "model_final.pt")
+        env.barrier()  # model_final.pt exists before any rank goes on (quantize_run loads it on every rank)
+        calib_s = self._calibrate_on_train() if self._train_calibration_on() else 0.0
         summary = {"steps": self.step, "train_seconds": self.train_seconds, "stopped_by": stopped_by,
                    "step_avg_ms": step_avg, "tokens_per_second": tps, "final_val": ema_v, "final_val_raw": raw_v,
-                   "ema": self.ema is not None, "world_size": env.world_size, "grad_accum": self.accum}
+                   "ema": self.ema is not None, "world_size": env.world_size, "grad_accum": self.accum,
+                   "calib_seconds": calib_s, "charged_seconds": self.train_seconds + calib_s}
         self.log.write_json("train_summary.json", summary)
         self.log.log(f"train_done steps:{self.step} train_time:{self.train_seconds * 1000:.0f}ms "
                      f"step_avg:{step_avg:.2f}ms tok/s:{tps:.0f}")
         return TrainResult(self.run_dir, self.step, self.train_seconds, stopped_by, tps, step_avg, ema_v)
+
+    def _train_calibration_on(self) -> bool:
+        q = self.cfg.quant
+        return q.method == "gptq" and q.calib_source == "train"
+
+    def _calibrate_on_train(self) -> float:
+        """GPTQ Hessians from the next training batches, on the final (EMA) weights, charged to the training
+        clock (its time is added to train time in `charged_seconds`; the cap was shortened by the reserve).
+        quant.calib_seqs sequences in all, dealt across ranks by the loader's rank striding; saved to
+        hessians.pt (tensors only, loaded with weights_only=True). Returns the seconds it took."""
+        from pgolf.quant.hessian import collect_hessians
+        from pgolf.quant.run import HESSIANS_FILE
+
+        q, env = self.cfg.quant, self.env
+        per_rank = len(range(env.rank, q.calib_seqs, env.world_size))
+        self._sync()
+        t0 = time.perf_counter()
+        seqs: list[torch.Tensor] = []
+        while sum(int(s.size(0)) for s in seqs) < per_rank:
+            for x, _ in self.loader.next_step():
+                seqs.append(x)
+        rows = torch.cat(seqs)[:per_rank].to(self.device)  # (per_rank, seq_len) training tokens
+        batches = list(rows.split(q.calib_batch))
+        self.raw_model.set_qat(0)  # the recorder must see the parameters themselves, not fake-quantized copies
+        H = collect_hessians(self.raw_model, batches, env)
+        self._sync()
+        secs = time.perf_counter() - t0
+        if env.is_main:
+            torch.save({k: v.cpu() for k, v in H.items()}, self.run_dir / HESSIANS_FILE)
+        self.log.timing("calibration_train", secs)
+        over = secs > self.cfg.quant.calib_reserve_seconds
+        self.log.log(f"calibration: {q.calib_seqs} training sequences, {len(H)} hessians in {secs:.1f}s "
+                     f"(reserve {q.calib_reserve_seconds:.1f}s{'; EXCEEDED the reserve' if over else ''}); "
+                     f"charged train_time:{(self.train_seconds + secs) * 1000:.0f}ms")
+        return secs
 
     def _log_val(self, v: dict, el: float, tag: str = "") -> None:
         prefix = f"{tag} " if tag else ""

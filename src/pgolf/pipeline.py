@@ -1,0 +1,68 @@
+"""The record path in one process: train -> quantize -> score the artifact read back from disk.
+
+`run_record` is the single entry point of `pgolf run` and of the bundled `train_gpt.py`. Order matters
+for the rules: the artifact is written (and the size verdict logged) before any scoring; scoring always
+loads the artifact from its file (`load_artifact`), never the in-memory weights, so what is scored is
+exactly what ships. Results go to `results.json` and one greppable line per mode:
+
+    final_<mode> val_loss:<nats> val_bpb:<bpb> eval_time:<ms>ms [<compliance label>]
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pgolf.config import RunConfig, config_hash
+from pgolf.quant.artifact import RUN_ARTIFACT, load_artifact
+from pgolf.quant.run import quantize_run
+from pgolf.runtime import DistEnv
+from pgolf.scoring.evaluate import evaluate
+from pgolf.telemetry import PhaseTimer, RunLogger
+from pgolf.train.loop import resolve_precision, train
+
+RESULTS_FILE = "results.json"
+
+
+def score_artifact(cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, progress: bool = True,
+                   log: RunLogger | None = None, modes: tuple[str, ...] | None = None) -> dict:
+    """Score `<run_dir>/artifact.pgolf` with the configured modes; -> {mode: result}."""
+    run_dir = Path(run_dir)
+    model = load_artifact(run_dir / RUN_ARTIFACT, env.device)
+    amp, _ = resolve_precision(cfg, env.device)
+    with PhaseTimer(log, "score", env.device):
+        res = evaluate(model, cfg, env, modes=modes or cfg.score.modes, autocast_dtype=amp,
+                       max_val_tokens=cfg.score.max_val_tokens, progress=progress)
+    for mode, r in res.items():
+        if cfg.score.max_val_tokens:
+            r["partial"] = f"first {cfg.score.max_val_tokens} validation tokens only: not a challenge score"
+        if log is not None:
+            note = f"; {r['partial']}" if "partial" in r else ""
+            log.log(f"final_{mode} val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f} "
+                    f"eval_time:{r['seconds'] * 1000:.0f}ms [{r['label']}{note}]")
+    return res
+
+
+def run_record(cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, code_bytes: int = 0, progress: bool = True,
+               echo: bool = True) -> dict:
+    """Train, quantize and score one seed; -> the results dict (also `<run_dir>/results.json`).
+
+    code_bytes: the size of the shipped code (the bundled train_gpt.py), counted with the artifact.
+    """
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    tr = train(cfg, env, run_dir, progress=progress, echo=echo)
+    q = quantize_run(run_dir, env, code_bytes=code_bytes, progress=progress, echo=echo, cfg=cfg)
+    log = RunLogger(run_dir, env.is_main, echo=echo)
+    modes = score_artifact(cfg, env, run_dir, progress=progress, log=log)
+    results = {
+        "preset": cfg.preset, "seed": cfg.seed, "config_hash": config_hash(cfg), "world_size": env.world_size,
+        "steps": tr.steps, "train_seconds": tr.train_seconds, "stopped_by": tr.stopped_by,
+        "artifact_bytes": q["artifact_bytes"], "code_bytes": code_bytes, "total_bytes": q["total_bytes"],
+        "within_limit": q["within_limit"], "compressor": q["compressor"], "modes": modes,
+        "compliant": (all(r.get("compliant", False) for r in modes.values()) and q["within_limit"]
+                      and not cfg.score.max_val_tokens),
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    log.write_json(RESULTS_FILE, results)
+    return results
