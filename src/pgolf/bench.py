@@ -63,13 +63,14 @@ def bench_train(cfg: RunConfig, env: DistEnv, steps: int = 10) -> dict:
 
 
 def bench_quant(run_dir, env: DistEnv, *, modes: tuple[str, ...] = ("plain",), max_val_tokens: int = 0,
-                progress: bool = False) -> dict:
+                progress: bool = False, sets: tuple = ()) -> dict:
     """For a trained run: validation BPB of the float weights, RTN and GPTQ at the run's bit widths (each
     scored from an artifact written to and read back from disk), compressed bytes of every compressor
     and layout for the GPTQ tensors beside their order-0 entropy bound, and the time of each stage."""
     import dataclasses
     from pathlib import Path
 
+    from pgolf.config import apply_overrides
     from pgolf.model.roles import roles_by_name
     from pgolf.quant.artifact import (
         available_compressors,
@@ -86,12 +87,14 @@ def bench_quant(run_dir, env: DistEnv, *, modes: tuple[str, ...] = ("plain",), m
     from pgolf.train.loop import load_run_config, resolve_precision
 
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
+    cfg = apply_overrides(load_run_config(run_dir), list(sets))  # quant.* overrides (calibration, clip, ...)
     cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, modes=tuple(modes)))
+    out_q = {k: v for k, v in dataclasses.asdict(cfg.quant).items()}
     amp, _ = resolve_precision(cfg, env.device)
     model = load_run_model(run_dir, cfg, env.device).float()
     out: dict = {"run_dir": str(run_dir), "modes": list(modes), "max_val_tokens": max_val_tokens,
-                 "matrix_bits": cfg.quant.matrix_bits, "embed_bits": cfg.quant.embed_bits, "device": str(env.device)}
+                 "matrix_bits": cfg.quant.matrix_bits, "embed_bits": cfg.quant.embed_bits, "device": str(env.device),
+                 "quant": out_q}
 
     def score(m) -> dict:
         r = evaluate(m, cfg, env, modes=modes, max_val_tokens=max_val_tokens, autocast_dtype=amp, progress=progress)

@@ -243,9 +243,15 @@ def cmd_bench_quant(args) -> int:
 
     env = runtime.init(args.device)
     try:
+        from pgolf.config import parse_set
+
+        sets = parse_set(args.sets)
+        bad = [o.key for o in sets if not o.key.startswith("quant.")]
+        if bad:
+            raise _usage(f"bench quant accepts --set for quant.* keys only, got {', '.join(bad)}")
         modes = tuple(m.strip() for m in args.mode.split(","))
         res = bench_quant(args.run_dir, env, modes=modes, max_val_tokens=args.max_val_tokens,
-                          progress=not args.json)
+                          progress=not args.json, sets=tuple(sets))
         if env.is_main:
             print(json.dumps(res, indent=2, default=str) if args.json else _format_bench_quant(res))
         return 0
@@ -457,8 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(fn=cmd_eval)
 
     from pgolf.bundle import add_bundle_parser
+    from pgolf.report import add_report_parser
 
     add_bundle_parser(verbs)
+    add_report_parser(verbs)
 
     # quantize / run
     def code_and_device(p: argparse.ArgumentParser) -> None:
@@ -502,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--run-dir", required=True)
     bq.add_argument("--mode", default="plain", help="scoring modes for the BPB comparison (default plain)")
     bq.add_argument("--max-val-tokens", type=int, default=0)
+    bq.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override quant.* keys (calibration size, clip rule, bits, ...)")
     bq.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     bq.add_argument("--json", action="store_true")
     bq.set_defaults(fn=cmd_bench_quant)

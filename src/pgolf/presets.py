@@ -81,7 +81,9 @@ def cpu() -> RunConfig:
                       val_every=200, val_max_tokens=65_536, log_every=50, ema_decay=0.99, compile="on",
                       precision="bf16"),
         optim=replace(r.optim, muon_momentum_warmup_steps=100),
-        quant=replace(r.quant, calib_seqs=16, calib_seq_len=512, calib_batch=4),
+        # Self-generated calibration re-reads the prefix at every step (cost ~ seqs * len^2): 32 x 128
+        # takes ~15-35 s on 2 cores, 32 x 256 four times that (dev/LOG.md).
+        quant=replace(r.quant, calib_seqs=32, calib_seq_len=128, calib_batch=32),
         score=replace(r.score, seq_len=512, sliding=SlidingConfig(stride=64, batch_windows=16),
                       ttt=replace(r.score.ttt, chunk_tokens=16_384, batch_seqs=8)),
         budget=replace(r.budget, target_hardware="2-core CPU"),
