@@ -198,17 +198,30 @@ def _code_bytes(args, run_dir) -> int:
 
 def cmd_quantize(args) -> int:
     from pgolf import runtime
+    from pgolf.config import apply_overrides
     from pgolf.quant.run import quantize_run
+    from pgolf.train.loop import load_run_config
 
+    cfg = apply_overrides(load_run_config(args.run_dir), _quant_sets(args.sets, "quantize"))
     env = runtime.init(args.device)
     try:
         s = quantize_run(args.run_dir, env, code_bytes=_code_bytes(args, args.run_dir), progress=not args.json,
-                         echo=not args.json)
+                         echo=not args.json, cfg=cfg)
         if env.is_main and args.json:
             print(json.dumps(s, indent=2, default=str))
         return 0 if s["within_limit"] else EXIT_FAIL
     finally:
         runtime.shutdown(env)
+
+
+def _quant_sets(raw: list[str], verb: str) -> list:
+    from pgolf.config import parse_set
+
+    sets = parse_set(raw)
+    bad = [o.key for o in sets if not o.key.startswith("quant.")]
+    if bad:
+        raise _usage(f"{verb} accepts --set for quant.* keys only, got {', '.join(bad)}")
+    return sets
 
 
 def cmd_run(args) -> int:
@@ -243,12 +256,7 @@ def cmd_bench_quant(args) -> int:
 
     env = runtime.init(args.device)
     try:
-        from pgolf.config import parse_set
-
-        sets = parse_set(args.sets)
-        bad = [o.key for o in sets if not o.key.startswith("quant.")]
-        if bad:
-            raise _usage(f"bench quant accepts --set for quant.* keys only, got {', '.join(bad)}")
+        sets = _quant_sets(args.sets, "bench quant")
         modes = tuple(m.strip() for m in args.mode.split(","))
         res = bench_quant(args.run_dir, env, modes=modes, max_val_tokens=args.max_val_tokens,
                           progress=not args.json, sets=tuple(sets))
@@ -476,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     qu = verbs.add_parser("quantize", help="a trained run -> the compressed artifact (GPTQ, pruning to the budget)")
     qu.add_argument("--run-dir", required=True, help="a finished training run directory")
+    qu.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override quant.* keys of the run's config (calibration size, damping, bits, ...)")
     code_and_device(qu)
     qu.add_argument("--json", action="store_true")
     qu.set_defaults(fn=cmd_quantize)

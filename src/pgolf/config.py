@@ -252,6 +252,9 @@ class QuantConfig:
     embed_bits: int = 8
     """Bits for token, bigram and value-embedding tables."""
     clip: Literal["percentile", "sdclip"] = "percentile"
+    clip_select: Literal["matrix", "row"] = "matrix"
+    """How a matrix's clip candidate is kept: "matrix" = lowest weight MSE of the whole matrix (the
+    original); "row" = per row, lowest layer-output error (GPTQ; RTN: per-row weight error)."""
     matrix_sdclip_k: float = 12.85
     embed_sdclip_k: float = 20.0
     block_size: int = 128

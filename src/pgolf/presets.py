@@ -82,8 +82,9 @@ def cpu() -> RunConfig:
                       precision="bf16"),
         optim=replace(r.optim, muon_momentum_warmup_steps=100),
         # Self-generated calibration re-reads the prefix at every step (cost ~ seqs * len^2): 32 x 128
-        # takes ~15-35 s on 2 cores, 32 x 256 four times that (dev/LOG.md).
-        quant=replace(r.quant, calib_seqs=32, calib_seq_len=128, calib_batch=32),
+        # takes ~15-35 s on 2 cores, 32 x 256 four times that. With that little calibration data, more
+        # damping and the per-row clip choice halve GPTQ's penalty (dev/LOG.md, 2026-11-26).
+        quant=replace(r.quant, calib_seqs=32, calib_seq_len=128, calib_batch=32, damp=0.1, clip_select="row"),
         score=replace(r.score, seq_len=512, sliding=SlidingConfig(stride=64, batch_windows=16),
                       ttt=replace(r.score.ttt, chunk_tokens=16_384, batch_seqs=8)),
         budget=replace(r.budget, target_hardware="2-core CPU"),

@@ -29,24 +29,40 @@ def correlated(seed: int, rows: int, cols: int, n: int, *, outliers: bool = True
 
 @pytest.mark.parametrize("bits", [5, 6, 8])
 @pytest.mark.parametrize("clip", ["percentile", "sdclip"])
-def test_identity_hessian_equals_rtn(bits, clip):
+@pytest.mark.parametrize("select", ["matrix", "row"])
+def test_identity_hessian_equals_rtn(bits, clip, select):
     W, _ = correlated(bits, 48, 96, 1)
-    Q, s = gptq_quantize(W, torch.eye(96), bits=bits, block_size=16, clip=clip)
-    Qn, sn = rtn_quantize(W, bits=bits, clip=clip)
+    Q, s = gptq_quantize(W, torch.eye(96), bits=bits, block_size=16, clip=clip, select=select)
+    Qn, sn = rtn_quantize(W, bits=bits, clip=clip, select=select)
     assert torch.equal(Q, Qn) and torch.equal(s, sn)
 
 
+def test_row_selection_mixes_candidates_and_never_raises_output_error():
+    """Per-row selection picks, row by row, the candidate with the least output error: its total is at
+    most the best single candidate's (matrix selection), and on correlated inputs it mixes candidates."""
+    W, H = correlated(5, 96, 192, 1024)
+    Qm, sm = gptq_quantize(W, H, bits=6, block_size=64, select="matrix")
+    Qr, sr = gptq_quantize(W, H, bits=6, block_size=64, select="row")
+    Href = H.double() + 0.01 * H.double().diagonal().mean() * torch.eye(192, dtype=torch.float64)
+    assert output_error(W, Qr, sr, Href) <= output_error(W, Qm, sm, Href) * (1 + 1e-9)
+    assert len(set(sr.tolist())) > 1 and not torch.equal(sr, sm)
+    Qref, sref = gptq_reference(W, H, bits=6, select="row")
+    assert torch.equal(sref, sr) and float((Qref != Qr).float().mean()) < 1e-3
+
+
+@pytest.mark.parametrize("select", ["matrix", "row"])
 @pytest.mark.parametrize("seed,n,block,act_order", [
     (0, 2048, 32, True),     # well-conditioned
     (1, 2048, 128, False),   # one block covers everything, natural column order
     (2, 100, 64, True),      # rank-deficient H (n < cols): only damping keeps it invertible
 ])
-def test_blocked_matches_float64_reference(seed, n, block, act_order):
+def test_blocked_matches_float64_reference(seed, n, block, act_order, select):
     W, H = correlated(seed, 128, 256, n)
-    Qr, sr = gptq_reference(W, H, bits=6, act_order=act_order)
+    Qr, sr = gptq_reference(W, H, bits=6, act_order=act_order, select=select)
     mismatch = {}
     for dtype in (torch.float32, torch.float64):
-        Q, s = gptq_quantize(W.to(dtype), H.to(dtype), bits=6, block_size=block, act_order=act_order)
+        Q, s = gptq_quantize(W.to(dtype), H.to(dtype), bits=6, block_size=block, act_order=act_order,
+                             select=select)
         assert torch.equal(s, sr)
         mismatch[str(dtype)] = float((Q != Qr).float().mean())
     print(f"seed={seed} n={n} B={block} act_order={act_order} mismatch fraction vs fp64 reference: {mismatch}")

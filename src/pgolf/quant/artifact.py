@@ -493,12 +493,13 @@ def quantize_model(model: nn.Module, quant_cfg, hessians: Mapping[str, Tensor] |
             H = None if (q.method == "rtn" or hessians is None) else hessians.get(name)
             if H is None:
                 Q, s = rtn_quantize(W, bits=q.matrix_bits, clip=q.clip, sdclip_k=q.matrix_sdclip_k,
-                                    scale_floor=q.scale_floor)
+                                    scale_floor=q.scale_floor, select=q.clip_select)
                 out[name] = (f"rtn_int{q.matrix_bits}", Q.cpu(), s.cpu())
             else:
                 Q, s = gptq_quantize(W, H.to(W.device), bits=q.matrix_bits, block_size=q.block_size,
                                      damp=q.damp, act_order=q.act_order, clip=q.clip,
-                                     sdclip_k=q.matrix_sdclip_k, scale_floor=q.scale_floor)
+                                     sdclip_k=q.matrix_sdclip_k, scale_floor=q.scale_floor,
+                                     select=q.clip_select)
                 out[name] = (f"gptq_int{q.matrix_bits}", Q.cpu(), s.cpu())
         elif role in (Role.EMBED, Role.HEAD):
             Q, s = row_clip_quantize(W, bits=q.embed_bits, clip=q.clip, sdclip_k=q.embed_sdclip_k,

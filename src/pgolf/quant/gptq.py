@@ -77,13 +77,37 @@ def _upper_cholesky_of_inverse(H: Tensor) -> Tensor:
     return U
 
 
+def select_candidates(W: Tensor, Q: Tensor, S: Tensor, H: Tensor, select: str) -> tuple[Tensor, Tensor]:
+    """Pick among C candidate quantizations Q (C, rows, cols) with scales S (C, rows) of W (rows, cols):
+
+    - "matrix" (the original, STACK.md 5.3 step 7): the candidate with the lowest plain weight MSE over
+      the whole matrix (earliest on ties);
+    - "row": per row, the candidate with the lowest layer-output error d H d^T, d = w_r - q_r s_r (rows
+      are independent in GPTQ, so mixing candidates across rows is exact; earliest on ties). With H = I
+      this is the per-row weight error, which `rtn_quantize(select="row")` uses.
+    Errors are summed in float64. -> (Q (rows, cols), scales (rows,)).
+    """
+    if select == "matrix":
+        mses = [weight_mse(W, Q[c], S[c]) for c in range(S.size(0))]
+        best = min(range(S.size(0)), key=lambda c: (mses[c], c))
+        return Q[best], S[best].clone()
+    if select != "row":
+        raise ValueError(f"select must be 'matrix' or 'row', got {select!r}")
+    D = W.double()[None] - Q.double() * S.double()[:, :, None]  # (C, rows, cols)
+    err = ((D @ H.double()) * D).sum(-1)  # (C, rows)
+    idx = torch.argmin(err, dim=0)  # (rows,): first minimum on ties
+    rows = torch.arange(W.size(0), device=W.device)
+    return Q[idx, rows], S[idx, rows].clone()
+
+
 def gptq_quantize(W: Tensor, H: Tensor, *, bits: int, block_size: int = 128, damp: float = 0.01,
                   act_order: bool = True, clip: str = "percentile", sdclip_k: float = 12.85,
-                  scale_floor: float = 1e-8) -> tuple[Tensor, Tensor]:
+                  scale_floor: float = 1e-8, select: str = "matrix") -> tuple[Tensor, Tensor]:
     """GPTQ W (rows, cols) with Hessian H (cols, cols) -> (Q int8 (rows, cols), scales fp16 (rows,)).
 
     Works in fp32 (fp64 when W is fp64) on W's device, TF32 off. All clip candidates run as one batch
     (a leading candidate dim C on W, Q, Err); they share Hinv, so this is C independent GPTQ runs.
+    select: how the clip candidate is chosen (`select_candidates`; "row" uses the damped H).
     """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
@@ -112,17 +136,16 @@ def gptq_quantize(W: Tensor, H: Tensor, *, bits: int, block_size: int = 128, dam
                 W1[:, :, i:] -= err * Hinv1[i, i:]  # lazy: only inside the block
                 Err1[:, :, i : i + 1] = err
             Wc[:, :, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # (C, rows, B) @ (B, cols - i2): the deferred update
-        mses = [weight_mse(W, Q[c], S[c]) for c in range(C)]
-        best = min(range(C), key=lambda c: (mses[c], c))
-        Qb = Q[best].to(torch.int8)
+        Qb, Sb = select_candidates(W, Q, S, H, select)
+        Qb = Qb.to(torch.int8)
         if perm is not None:
             Qb = Qb[:, torch.argsort(perm)]
-        return Qb, S[best].clone()
+        return Qb, Sb
 
 
 def gptq_reference(W: Tensor, H: Tensor, *, bits: int, damp: float = 0.01, act_order: bool = True,
-                   clip: str = "percentile", sdclip_k: float = 12.85, scale_floor: float = 1e-8
-                   ) -> tuple[Tensor, Tensor]:
+                   clip: str = "percentile", sdclip_k: float = 12.85, scale_floor: float = 1e-8,
+                   select: str = "matrix") -> tuple[Tensor, Tensor]:
     """Slow twin of `gptq_quantize`: float64, one column at a time, every update applied at once.
 
     For column j: q_j = clamp(round(w_j / s)), e_j = (w_j - q_j s) / U_jj, then w_k -= e_j U_jk for all
@@ -134,7 +157,7 @@ def gptq_reference(W: Tensor, H: Tensor, *, bits: int, damp: float = 0.01, act_o
     rows, cols = W64.shape
     U = torch.linalg.cholesky(torch.linalg.inv(H64), upper=True)
     S = candidate_scales(W64, bits, clip, sdclip_k, scale_floor)  # (C, rows) fp16
-    best: tuple[float, Tensor, Tensor] | None = None
+    Qs = []
     for s16 in S:
         s = s16.double()
         Wk = W64.clone()
@@ -144,14 +167,12 @@ def gptq_reference(W: Tensor, H: Tensor, *, bits: int, damp: float = 0.01, act_o
             Q[:, j] = q
             e = (Wk[:, j] - q * s) / U[j, j]
             Wk[:, j + 1 :] -= e[:, None] * U[j, j + 1 :][None, :]
-        mse = weight_mse(W64, Q, s16)
-        if best is None or mse < best[0]:
-            best = (mse, Q, s16)
-    assert best is not None
-    Qb = best[1].to(torch.int8)
+        Qs.append(Q)
+    Qb, Sb = select_candidates(W64, torch.stack(Qs), S, H64, select)
+    Qb = Qb.to(torch.int8)
     if perm is not None:
         Qb = Qb[:, torch.argsort(perm)]
-    return Qb, best[2].clone()
+    return Qb, Sb
 
 
 def output_error(W: Tensor, Q: Tensor, scales: Tensor, H: Tensor) -> float:

@@ -109,14 +109,23 @@ def weight_mse(W: Tensor, Q: Tensor, s: Tensor) -> float:
 
 
 def rtn_quantize(W: Tensor, *, bits: int, clip: str = "percentile", sdclip_k: float = 12.85,
-                 scale_floor: float = 1e-8) -> tuple[Tensor, Tensor]:
+                 scale_floor: float = 1e-8, select: str = "matrix") -> tuple[Tensor, Tensor]:
     """Round-to-nearest with the clip search: -> (Q int8 (rows, cols), scales fp16 (rows,)).
 
-    The percentile rule keeps, per matrix, the candidate with the lowest plain weight MSE (the same
-    selection rule as `gptq_quantize`, so GPTQ with H = I returns exactly this).
+    select="matrix" keeps, per matrix, the candidate with the lowest plain weight MSE; "row" keeps, per
+    row, the one with the lowest squared weight error (the selection rules of `gptq_quantize`, so GPTQ
+    with H = I returns exactly this).
     """
     W = W.detach()
     cand = candidate_scales(W, bits, clip, sdclip_k, scale_floor)  # (C, rows)
+    if select == "row":
+        Qc = torch.stack([quantize_rtn(W, bits, s) for s in cand])  # (C, rows, cols)
+        D = W.double()[None] - Qc.double() * cand.double()[:, :, None]
+        idx = torch.argmin(D.square().sum(-1), dim=0)  # (rows,)
+        r = torch.arange(W.size(0), device=W.device)
+        return Qc[idx, r], cand[idx, r].clone()
+    if select != "matrix":
+        raise ValueError(f"select must be 'matrix' or 'row', got {select!r}")
     best: tuple[float, Tensor, Tensor] | None = None
     for s in cand:
         Q = quantize_rtn(W, bits, s)
