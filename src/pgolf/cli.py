@@ -225,27 +225,41 @@ def _quant_sets(raw: list[str], verb: str) -> list:
 
 
 def cmd_run(args) -> int:
+    import dataclasses
+    from pathlib import Path
+
     from pgolf import runtime
     from pgolf.pipeline import run_record
     from pgolf.train.loop import default_run_dir
 
     cfg, _ = _resolve(args)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else []
+    if seeds and args.run_dir:
+        raise _usage("--seeds writes one run directory per seed under --out; drop --run-dir")
     env = runtime.init(args.device)
     try:
-        run_dir = args.run_dir or default_run_dir(cfg, env)
         if args.code_bytes is not None:
             code = args.code_bytes
         else:
             from pgolf.bundle import config_code_bytes
 
             code = config_code_bytes(cfg)
-        res = run_record(cfg, env, run_dir, code_bytes=code, progress=not args.no_progress)
-        if env.is_main:
-            for mode, r in res["modes"].items():
-                print(f"{mode}: val_bpb {r['val_bpb']:.6f} [{r['label']}]")
-            print(f"artifact {res['artifact_bytes']:,} + code {res['code_bytes']:,} = {res['total_bytes']:,} bytes "
-                  f"({'within' if res['within_limit'] else 'OVER'} the limit); run dir {run_dir}")
-        return 0 if res["within_limit"] else EXIT_FAIL
+        jobs = ([(dataclasses.replace(cfg, seed=s), Path(args.out or f"runs/{cfg.preset}_seeds") / f"seed_{s}")
+                 for s in seeds] if seeds else [(cfg, Path(args.run_dir or default_run_dir(cfg, env)))])
+        ok = True
+        for c, run_dir in jobs:
+            res = run_record(c, env, run_dir, code_bytes=code, progress=not args.no_progress,
+                             resume=bool(seeds) or args.resume)
+            ok &= bool(res["within_limit"])
+            if env.is_main:
+                for mode, r in res["modes"].items():
+                    print(f"seed {c.seed} {mode}: val_bpb {r['val_bpb']:.6f} [{r['label']}]")
+                print(f"seed {c.seed}: artifact {res['artifact_bytes']:,} + code {res['code_bytes']:,} = "
+                      f"{res['total_bytes']:,} bytes ({'within' if res['within_limit'] else 'OVER'} the limit); "
+                      f"run dir {run_dir}")
+        if seeds and env.is_main:
+            print(f"next: pgolf report {' '.join(str(d) for _, d in jobs)}")
+        return 0 if ok else EXIT_FAIL
     finally:
         runtime.shutdown(env)
 
@@ -470,10 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "the mode inserted before the suffix: FILE.plain.npy, FILE.slot.npy, ...")
     ev.set_defaults(fn=cmd_eval)
 
+    from pgolf.audit.checks import add_audit_parser
     from pgolf.bundle import add_bundle_parser
     from pgolf.report import add_report_parser
 
     add_bundle_parser(verbs)
+    add_audit_parser(verbs)
     add_report_parser(verbs)
 
     # quantize / run
@@ -492,6 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
     ru = verbs.add_parser("run", help="the record path in one process: train -> quantize -> score the artifact")
     _add_config_args(ru, preset_default="record")
     ru.add_argument("--run-dir", default=None, help="run directory (default runs/<run_id>)")
+    ru.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                    help="one run per seed under --out (resumable: finished stages are not redone)")
+    ru.add_argument("--out", default=None, help="with --seeds: parent directory (default runs/<preset>_seeds)")
+    ru.add_argument("--resume", action="store_true", help="skip the stages --run-dir already finished")
     code_and_device(ru)
     ru.add_argument("--no-progress", action="store_true")
     ru.set_defaults(fn=cmd_run)

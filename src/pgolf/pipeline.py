@@ -43,16 +43,46 @@ def score_artifact(cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, progres
     return res
 
 
+def _finished(run_dir: Path, cfg: RunConfig, *names: str) -> bool:
+    """Every file exists and the run's config.json has this config's hash (a stage of another config is
+    never reused)."""
+    import json
+
+    p = run_dir / "config.json"
+    if not p.is_file() or not all((run_dir / n).is_file() for n in names):
+        return False
+    return json.loads(p.read_text()).get("config_hash") == config_hash(cfg)
+
+
 def run_record(cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, code_bytes: int = 0, progress: bool = True,
-               echo: bool = True) -> dict:
+               echo: bool = True, resume: bool = False) -> dict:
     """Train, quantize and score one seed; -> the results dict (also `<run_dir>/results.json`).
 
     code_bytes: the size of the shipped code (the bundled train_gpt.py), counted with the artifact.
+    resume: skip the stages this run directory already finished for the same config (hash-checked):
+    a complete results.json is returned as is; finished training (model_final.pt + train_summary.json)
+    is not redone; a written artifact (+ quant_summary.json) is not requantized. A killed training run
+    continues from its checkpoint.
     """
+    import json
+
     run_dir = Path(run_dir)
+    if resume and _finished(run_dir, cfg, RESULTS_FILE):
+        return json.loads((run_dir / RESULTS_FILE).read_text())
     t0 = time.perf_counter()
-    tr = train(cfg, env, run_dir, progress=progress, echo=echo)
-    q = quantize_run(run_dir, env, code_bytes=code_bytes, progress=progress, echo=echo, cfg=cfg)
+    if resume and _finished(run_dir, cfg, "model_final.pt", "train_summary.json"):
+        from pgolf.train.loop import TrainResult
+
+        ts = json.loads((run_dir / "train_summary.json").read_text())
+        tr = TrainResult(run_dir, ts["steps"], ts["train_seconds"], ts["stopped_by"], ts["tokens_per_second"],
+                         ts["step_avg_ms"], ts.get("final_val"))
+    else:
+        ckpt = resume and _finished(run_dir, cfg, "ckpt/last.pt")
+        tr = train(cfg, env, run_dir, resume=ckpt, progress=progress, echo=echo)
+    if resume and _finished(run_dir, cfg, RUN_ARTIFACT, "quant_summary.json"):
+        q = json.loads((run_dir / "quant_summary.json").read_text())
+    else:
+        q = quantize_run(run_dir, env, code_bytes=code_bytes, progress=progress, echo=echo, cfg=cfg)
     log = RunLogger(run_dir, env.is_main, echo=echo)
     modes = score_artifact(cfg, env, run_dir, progress=progress, log=log)
     results = {

@@ -11,7 +11,7 @@ from pgolf.quant.run import HESSIANS_FILE, QuantizeError, quantize_run
 from pgolf.runtime import DistEnv
 from pgolf.scoring.evaluate import evaluate, load_run_model
 from pgolf.train.loop import Trainer, load_run_config
-from tests.e2e.test_train import run_cli, tiny_cfg
+from tests.e2e.test_train import cli_sets, run_cli, tiny_cfg
 
 MAX_VAL = 4096
 
@@ -138,3 +138,29 @@ def test_pipeline_run_record_scores_the_artifact(tiny_data, tmp_path):
     assert f"final_plain val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f}" in (tmp_path / "log.txt").read_text()
     timings = json.loads((tmp_path / "timings.json").read_text())
     assert {"train", "gptq", "serialize", "score", "hessians", "calib_generate"} <= set(timings)
+
+
+def test_run_record_resume_skips_finished_stages(tiny_data, tmp_path):
+    from pgolf.pipeline import run_record
+
+    cfg = tiny_cfg(tiny_data, "train.iterations=6", "train.val_every=0", "score.modes=plain",
+                   f"score.max_val_tokens={MAX_VAL}")
+    first = run_record(cfg, DistEnv(), tmp_path, progress=False, echo=False, resume=True)
+    assert run_record(cfg, DistEnv(), tmp_path, progress=False, echo=False, resume=True) == first
+    (tmp_path / "results.json").unlink()
+    art = (tmp_path / RUN_ARTIFACT).read_bytes()
+    again = run_record(cfg, DistEnv(), tmp_path, progress=False, echo=False, resume=True)
+    log = (tmp_path / "log.txt").read_text()
+    assert log.count("train_done") == 1 and log.count("Total submission size") == 1  # neither redone
+    assert (tmp_path / RUN_ARTIFACT).read_bytes() == art
+    assert again["modes"]["plain"]["val_bpb"] == first["modes"]["plain"]["val_bpb"]
+    other = tiny_cfg(tiny_data, "train.iterations=7", "train.val_every=0", "score.modes=plain",
+                     f"score.max_val_tokens={MAX_VAL}")
+    from pgolf.pipeline import _finished
+
+    assert not _finished(tmp_path, other, "results.json")  # another config never reuses a stage
+
+
+def test_cli_run_seeds_refuses_run_dir(tiny_data, tmp_path):
+    r = run_cli(["run", "--preset", "tiny", *cli_sets(tiny_data), "--seeds", "1,2", "--run-dir", str(tmp_path)])
+    assert r.returncode == 2 and "--seeds writes one run directory per seed" in r.stderr

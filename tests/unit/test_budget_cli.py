@@ -24,5 +24,5 @@ def test_verbs_in_help(capsys):
     from pgolf.cli import build_parser
 
     verbs = set(build_parser()._subparsers._group_actions[0].choices)
-    # only verbs that work are listed (issue 6 adds audit)
-    assert verbs == {"config", "data", "train", "eval", "budget", "bench", "quantize", "run", "bundle", "report"}
+    assert verbs == {"config", "data", "train", "eval", "budget", "bench", "quantize", "run", "bundle", "audit",
+                     "report"}

@@ -10,11 +10,18 @@ of (nats, targets, bytes), all-reduces the *sums* across ranks, and divides once
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 
 from pgolf.runtime import DistEnv
+
+SCORED_TAP: ContextVar[Callable[[torch.Tensor, torch.Tensor], None] | None] = ContextVar("SCORED_TAP", default=None)
+"""Audit hook (pgolf.audit: normalization and self-prediction probes). While set, every scorer that was
+given nll_out calls it once per batch with (stream-order target indices (n,), the log-probabilities of the
+scored distribution over the full vocabulary (n, V)). Unset (the default), scoring is unchanged."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from pgolf.data.tokenizer import target_bytes_torch
 from pgolf.runtime import DistEnv
-from pgolf.scoring.bpb import Score, ScoreAccumulator
+from pgolf.scoring.bpb import SCORED_TAP, Score, ScoreAccumulator
 from pgolf.scoring.plan import ScorePlan
 
 
@@ -52,6 +52,8 @@ def accumulate_scored(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sc
         pos = (torch.as_tensor(plan.starts[idx.start:idx.stop], device=x.device)[:, None]
                + torch.arange(x.size(1), device=x.device)[None, :]).reshape(-1)[sel]
         nll_out[pos.cpu().numpy()] = nll.double().cpu().numpy()
+        if (tap := SCORED_TAP.get()) is not None:
+            tap(pos, F.log_softmax(lg, -1))
     return nll
 
 

@@ -52,7 +52,7 @@ from torch import Tensor
 from pgolf.config import SlotConfig
 from pgolf.data.tokenizer import target_bytes_torch
 from pgolf.runtime import DistEnv
-from pgolf.scoring.bpb import Score, ScoreAccumulator
+from pgolf.scoring.bpb import SCORED_TAP, Score, ScoreAccumulator
 from pgolf.scoring.lbfgs import lbfgs_batched
 from pgolf.scoring.plan import ScorePlan
 from pgolf.scoring.sliding import window_batch
@@ -265,11 +265,14 @@ class SlotRunner:
             z = self._logits(bt.base[sel][:, None, :], delta[rows])[:, 0]  # (n, V)
             tgt = bt.y[sel]
             prev = bt.x[sel]
-            nll = -F.log_softmax(z, -1).gather(-1, tgt[:, None])[:, 0]
+            logp = F.log_softmax(z, -1)
+            nll = -logp.gather(-1, tgt[:, None])[:, 0]
             acc.add(nll, target_bytes_torch(self.luts_t, prev, tgt))
             if self.nll_out is not None:
                 pos = (bt.starts[:, None] + bt.a + torch.arange(sel.size(1), device=self.device)[None, :])[sel]
                 self.nll_out[pos.cpu().numpy()] = nll.double().cpu().numpy()
+                if (tap := SCORED_TAP.get()) is not None:
+                    tap(pos, logp)
         return delta
 
     def _opt_nll(self, bo: Tensor, yo: Tensor, mask: Tensor, delta: Tensor) -> Tensor:
