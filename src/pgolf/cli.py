@@ -251,6 +251,12 @@ def cmd_run(args) -> int:
             res = run_record(c, env, run_dir, code_bytes=code, progress=not args.no_progress,
                              resume=bool(seeds) or args.resume)
             ok &= bool(res["within_limit"])
+            if seeds and env.is_main and not (run_dir / "audit.json").is_file():
+                from pgolf.audit.checks import audit, format_table  # tooling, rank 0, after the run
+
+                rep = audit(run_dir)
+                print(format_table(rep))
+                ok &= rep["status"] != "FAIL"
             if env.is_main:
                 for mode, r in res["modes"].items():
                     print(f"seed {c.seed} {mode}: val_bpb {r['val_bpb']:.6f} [{r['label']}]")
@@ -509,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(ru, preset_default="record")
     ru.add_argument("--run-dir", default=None, help="run directory (default runs/<run_id>)")
     ru.add_argument("--seeds", default=None, metavar="S1,S2,...",
-                    help="one run per seed under --out (resumable: finished stages are not redone)")
+                    help="one run per seed under --out, each audited (resumable: finished stages are not redone)")
     ru.add_argument("--out", default=None, help="with --seeds: parent directory (default runs/<preset>_seeds)")
     ru.add_argument("--resume", action="store_true", help="skip the stages --run-dir already finished")
     code_and_device(ru)

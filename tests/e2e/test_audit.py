@@ -208,3 +208,26 @@ def test_cli_table_json_and_exit_status(compliant_run, tmp_path, capsys):
     (run / "results.json").unlink()
     with pytest.raises(FileNotFoundError, match="results.json"):
         args.fn(parser.parse_args(["audit", str(run)]))
+
+
+def test_cli_run_seeds_trains_scores_and_audits_each_seed(small_data, tmp_path):
+    """`pgolf run --seeds`: one audited run directory per seed; a second call redoes nothing."""
+    import json
+    import subprocess
+    import sys
+
+    root, m = small_data
+    sets = [a for s in sets_for(root, m, "train.iterations=4", "score.modes=plain") for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "pgolf", "run", "--preset", "tiny", *sets, "--seeds", "3,4", "--out", str(tmp_path),
+           "--code-bytes", "1000", "--no-progress"]
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PGOLF_")} | {"OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for seed in (3, 4):
+        d = tmp_path / f"seed_{seed}"
+        assert json.loads((d / "results.json").read_text())["seed"] == seed
+        assert json.loads((d / "audit.json").read_text())["status"] == "PASS"
+    assert r.stdout.count("audit: PASS") == 2 and f"next: pgolf report {tmp_path / 'seed_3'}" in r.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and "audit: PASS" not in again.stdout  # nothing redone, audits kept
+    assert (tmp_path / "seed_3" / "log.txt").read_text().count("train_done") == 1
