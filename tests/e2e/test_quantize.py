@@ -84,16 +84,18 @@ def test_over_budget_is_reported_and_refused(tiny_run):
 
 
 def test_train_calibration_runs_inside_the_reserved_wallclock(tiny_data, tmp_path):
-    cfg = tiny_cfg(tiny_data, "train.iterations=100000", "train.max_wallclock_seconds=3", "train.val_every=0",
-                   "quant.calib_source=train", "quant.calib_reserve_seconds=1.5")
+    cfg = tiny_cfg(tiny_data, "train.iterations=100000", "train.max_wallclock_seconds=4", "train.val_every=0",
+                   "quant.calib_source=train", "quant.calib_reserve_seconds=2")
     res = Trainer(cfg, DistEnv(), tmp_path, progress=False, echo=False).run()
     assert res.stopped_by == "wallclock_cap"
     summary = json.loads((tmp_path / "train_summary.json").read_text())
-    assert summary["train_seconds"] < 3.0 - 1.5 + 0.5  # the cap was shortened by the reserve
+    # the cap was shortened by the reserve: stopped after the step crossing 2 s, long before 4 s (a loaded
+    # machine can stretch one step, hence no tighter bound)
+    assert 2.0 <= summary["train_seconds"] < 4.0
     assert summary["charged_seconds"] == pytest.approx(summary["train_seconds"] + summary["calib_seconds"])
     assert (tmp_path / HESSIANS_FILE).is_file()
     log = (tmp_path / "log.txt").read_text()
-    assert "calibration_reserve:1.5s training_cap:1.5s" in log and "calibration: 4 training sequences" in log
+    assert "calibration_reserve:2.0s training_cap:2.0s" in log and "calibration: 4 training sequences" in log
     s = quantize_run(tmp_path, DistEnv(), progress=False, echo=False)
     assert s["calibration"]["source"] == "train"
     (tmp_path / HESSIANS_FILE).unlink()
