@@ -1047,7 +1047,7 @@ def plot_artifact_bytes(rep: dict, path: Path) -> None:
     hx.axhline(0, color="black", linewidth=1.0)
     for x, r, t in zip(xs, room, totals, strict=True):
         head = f"{r:,} byte{'' if r == 1 else 's'} left" if r >= 0 else f"OVER by {-r:,} bytes"
-        label = f"{head}\n({t / cap:.2%} of cap)"
+        label = f"{head}\n(the submission uses {t / cap:.2%} of the cap)"
         hx.annotate(label, (x, r), xytext=(0, 4 if r >= 0 else -4), textcoords="offset points", ha="center",
                     va="bottom" if r >= 0 else "top", fontsize=8.5, color="black" if r >= 0 else "tab:red")
     lo, hi = min(0, *room), max(0, *room)
