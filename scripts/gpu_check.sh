@@ -18,7 +18,8 @@ DATA=/tmp/pgolf_gpu_data
 RUN=/tmp/pgolf_gpu_run
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
-# The device image may lack brotli / sentencepiece: install the wheels carried in build/wheels (if any).
+# The device image (Python 3.12, torch 2.11) lacks brotli: put matching wheels (brotli, sentencepiece,
+# pytest + pluggy, iniconfig, packaging) in build/wheels (git-ignored) and carry that path with the run.
 if ! $PY -c "import brotli, sentencepiece, pytest" 2>/dev/null && ls build/wheels/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --target /tmp/pgolf_pydeps build/wheels/*.whl 2>&1 | tail -2
   export PYTHONPATH="$PYTHONPATH:/tmp/pgolf_pydeps"
