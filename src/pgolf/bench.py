@@ -89,12 +89,11 @@ def bench_quant(run_dir, env: DistEnv, *, modes: tuple[str, ...] = ("plain",), m
     run_dir = Path(run_dir)
     cfg = apply_overrides(load_run_config(run_dir), list(sets))  # quant.* overrides (calibration, clip, ...)
     cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, modes=tuple(modes)))
-    out_q = {k: v for k, v in dataclasses.asdict(cfg.quant).items()}
     amp, _ = resolve_precision(cfg, env.device)
     model = load_run_model(run_dir, cfg, env.device).float()
     out: dict = {"run_dir": str(run_dir), "modes": list(modes), "max_val_tokens": max_val_tokens,
                  "matrix_bits": cfg.quant.matrix_bits, "embed_bits": cfg.quant.embed_bits, "device": str(env.device),
-                 "quant": out_q}
+                 "quant": dataclasses.asdict(cfg.quant)}
 
     def score(m) -> dict:
         r = evaluate(m, cfg, env, modes=modes, max_val_tokens=max_val_tokens, autocast_dtype=amp, progress=progress)

@@ -79,29 +79,44 @@ RUN_ARTIFACT = "artifact.pgolf"
 """File name of a run directory's artifact (written by `pgolf quantize` / the pipeline)."""
 
 
-def _zstd():
-    """zstandard is optional at run time (the bundled train_gpt.py needs only torch, numpy,
-    sentencepiece and brotli): "auto" skips zstd when it is missing; asking for it names the problem."""
-    try:
-        import zstandard
+def _optional(module: str):
+    """brotli and zstandard are imported lazily: the bundled train_gpt.py needs only torch, numpy,
+    sentencepiece and brotli, and a machine without one of them still runs ("auto" skips it; a file
+    compressed with it fails with a clear message)."""
+    try:  # explicit imports (not importlib) so the bundle's import scan records them as optional
+        if module == "brotli":
+            import brotli as mod
+        else:
+            import zstandard as mod
     except ImportError:
         return None
-    return zstandard
+    return mod
 
 
-def _brotli():
-    """brotli is a challenge requirement but imported lazily, so a machine without it still runs
-    (auto then skips it) and a brotli artifact there fails with a clear message."""
-    try:
-        import brotli
-    except ImportError:
-        return None
-    return brotli
+_MODULE = {"brotli": "brotli", "zstd": "zstandard"}
+
+
+def _codec(name: str, reading: bool):
+    mod = _optional(_MODULE[name])
+    if mod is None:
+        if reading:
+            raise ValueError(f"this artifact is {name}-compressed; install the '{_MODULE[name]}' package to read it")
+        raise ValueError(f"compressor {name} needs the '{_MODULE[name]}' package (pip install {_MODULE[name]})")
+    return mod
+
+
+def _codec_errors() -> tuple[type[BaseException], ...]:
+    """The decoding exceptions of the optional codecs that are installed."""
+    errs: list[type[BaseException]] = []
+    if (b := _optional("brotli")) is not None:
+        errs.append(b.error)
+    if (z := _optional("zstandard")) is not None:
+        errs.append(z.ZstdError)
+    return tuple(errs)
 
 
 def available_compressors() -> tuple[str, ...]:
-    optional = {"zstd": _zstd, "brotli": _brotli}
-    return tuple(c for c in COMPRESSORS if c not in optional or optional[c]() is not None)
+    return tuple(c for c in COMPRESSORS if c not in _MODULE or _optional(_MODULE[c]) is not None)
 _SCHEME_RE = re.compile(r"(gptq|rtn|pctl|sdclip)_int([2-8])")
 _DTYPES = {"int8": np.dtype("i1"), "float16": np.dtype("<f2")}
 
@@ -140,14 +155,10 @@ def compress(raw: bytes, name: str) -> bytes:
         filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": dict_size}]
         return lzma.compress(raw, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, filters=filters)
     if name == "brotli":
-        brotli = _brotli()
-        if brotli is None:
-            raise ValueError("compressor brotli needs the 'brotli' package (pip install brotli)")
+        brotli = _codec("brotli", reading=False)
         return brotli.compress(raw, quality=11, lgwin=24)
     if name == "zstd":
-        zstandard = _zstd()
-        if zstandard is None:
-            raise ValueError("compressor zstd needs the 'zstandard' package (pip install zstandard)")
+        zstandard = _codec("zstd", reading=False)
         return zstandard.ZstdCompressor(level=22, write_content_size=True).compress(raw)
     raise ValueError(f"unknown compressor {name!r}; choose from {', '.join(COMPRESSORS)} or auto")
 
@@ -165,18 +176,14 @@ def decompress(data: bytes, name: str, raw_bytes: int) -> bytes:
             raise ValueError("lzma stream does not decode to the declared payload size")
         return out
     if name == "brotli":
-        brotli = _brotli()
-        if brotli is None:
-            raise ValueError("this artifact is brotli-compressed; install the 'brotli' package to read it")
+        brotli = _codec("brotli", reading=True)
         d = brotli.Decompressor()
         out = d.process(data, output_buffer_limit=raw_bytes + 1)
         if not d.is_finished() or len(out) != raw_bytes:
             raise ValueError("brotli stream does not decode to the declared payload size")
         return out
     if name == "zstd":
-        zstandard = _zstd()
-        if zstandard is None:
-            raise ValueError("this artifact is zstd-compressed; install the 'zstandard' package to read it")
+        zstandard = _codec("zstd", reading=True)
         if zstandard.frame_content_size(data) != raw_bytes:
             raise ValueError("zstd frame does not declare the payload size")
         reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=False)
@@ -451,11 +458,7 @@ def read_artifact(path: str | os.PathLike) -> tuple[dict, dict[str, QTensor]]:
         raise _fail(path, f"invalid manifest: {e}") from None
     try:
         raw = decompress(body[mlen:], manifest["compressor"], manifest["raw_bytes"])
-    except (ValueError, lzma.LZMAError, MemoryError) as e:
-        raise _fail(path, f"payload does not decompress: {e}") from None
-    except Exception as e:  # brotli.error / zstandard.ZstdError (optional modules, so not named here)
-        if type(e).__name__ not in ("error", "ZstdError"):
-            raise
+    except (ValueError, lzma.LZMAError, MemoryError, *_codec_errors()) as e:
         raise _fail(path, f"payload does not decompress: {e}") from None
     try:
         tensors = {t["name"]: _decode(t, raw) for t in manifest["tensors"]}
