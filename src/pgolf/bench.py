@@ -135,6 +135,47 @@ def bench_quant(run_dir, env: DistEnv, *, modes: tuple[str, ...] = ("plain",), m
     return out
 
 
+def bench_calib(cfg: RunConfig, env: DistEnv, *, run_dir=None, samplers: tuple[str, ...] = ("cache", "nocache"),
+                progress: bool = False) -> dict:
+    """Self-generated calibration text: seconds and tokens/s of quant.calib_seqs x calib_seq_len with the KV
+    cache and with PR #1019's full re-forward, on this rank's share (the run's trained weights with
+    run_dir, else a fresh model of the config), and whether the two samplers drew the same tokens."""
+    import dataclasses
+
+    from pgolf.quant.calib import self_generated_batches
+    from pgolf.scoring.evaluate import load_run_model
+    from pgolf.train.loop import build_model, load_run_config, resolve_precision
+
+    if run_dir is not None:
+        cfg = dataclasses.replace(load_run_config(run_dir), quant=cfg.quant)
+        model = load_run_model(run_dir, cfg, env.device).float()
+    else:
+        model = build_model(cfg, env.device).float()
+    amp, _ = resolve_precision(cfg, env.device)
+    q = cfg.quant
+    out: dict = {"preset": cfg.preset, "device": str(env.device), "world_size": env.world_size,
+                 "weights": "trained" if run_dir is not None else "fresh init", "seqs": q.calib_seqs,
+                 "seq_len": q.calib_seq_len, "batch": q.calib_batch, "rope_ref_len": cfg.model.rope_ref_len,
+                 "autocast": str(amp) if amp else "fp32"}
+    seqs = {}
+    for name in samplers:
+        qc = dataclasses.replace(q, calib_kv_cache=(name == "cache"))
+        if env.device.type == "cuda":
+            torch.cuda.synchronize(env.device)
+        t = time.perf_counter()
+        seqs[name] = self_generated_batches(model, qc, vocab_size=cfg.model.vocab_size, seed=cfg.seed, env=env,
+                                            autocast_dtype=amp)
+        if env.device.type == "cuda":
+            torch.cuda.synchronize(env.device)
+        dt = time.perf_counter() - t
+        n_tok = sum(int(x.numel()) for x in seqs[name])
+        out[name] = {"seconds": round(dt, 3), "tokens_per_second": round(n_tok / dt, 1), "tokens": n_tok}
+    if "cache" in seqs and "nocache" in seqs:
+        out["speedup"] = round(out["nocache"]["seconds"] / out["cache"]["seconds"], 2)
+        out["same_tokens"] = all(torch.equal(a, b) for a, b in zip(seqs["cache"], seqs["nocache"], strict=True))
+    return out
+
+
 SLOT_SINGLE_PHASE = {"phase_iters": (25,), "phase_history": (20,), "phase_alpha": (0.0,)}
 """The earlier entry's one L-BFGS call per batch (PR #1350): 25 iterations, history 20."""
 

@@ -319,6 +319,22 @@ def cmd_bench_train(args) -> int:
         runtime.shutdown(env)
 
 
+def cmd_bench_calib(args) -> int:
+    from pgolf import runtime
+    from pgolf.bench import bench_calib
+
+    cfg, _ = _resolve(args)
+    samplers = ("cache",) if args.cache_only else ("cache", "nocache")
+    env = runtime.init(args.device)
+    try:
+        res = bench_calib(cfg, env, run_dir=args.run_dir, samplers=samplers)
+        if env.is_main:
+            print(json.dumps(res, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in res.items()))
+        return 0
+    finally:
+        runtime.shutdown(env)
+
+
 def cmd_eval(args) -> int:
     from pgolf import runtime
     from pgolf.scoring.evaluate import evaluate, format_results, parse_modes, save_nll
@@ -542,6 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
     bev = bs.add_parser("eval", help="eval windows/s and seconds per mode; single-phase vs cascaded SLOT")
     _add_eval_args(bev, "comma-separated modes to time (default: all five)")
     bev.set_defaults(fn=cmd_bench_eval)
+    bc = bs.add_parser("calib", help="self-generated calibration: KV-cached vs re-forward sampling speed")
+    _add_config_args(bc)
+    bc.add_argument("--run-dir", default=None, help="use this run's trained weights (default: fresh init)")
+    bc.add_argument("--cache-only", action="store_true", help="skip the slow re-forward sampler")
+    bc.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bc.add_argument("--json", action="store_true")
+    bc.set_defaults(fn=cmd_bench_calib)
     bq = bs.add_parser("quant", help="float vs RTN vs GPTQ BPB, compressor sizes vs entropy, quantization time")
     bq.add_argument("--run-dir", required=True)
     bq.add_argument("--mode", default="plain", help="scoring modes for the BPB comparison (default plain)")

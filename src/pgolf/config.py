@@ -261,11 +261,20 @@ class QuantConfig:
     damp: float = 0.01
     act_order: bool = True
     scale_floor: float = 1e-8
+    head_gptq: bool = True
+    """With method=gptq: GPTQ the output head's table (the tied token embedding, or the untied head) at
+    embed_bits with the Hessian of the head's input, each row's clip chosen by output error; False = the
+    original one-clip RTN (STACK.md 5.1). The lookup of a tied table is not in that Hessian, so it is
+    damped harder (head_damp) to keep the rows near RTN's error (dev/LOG.md, 2026-11-26)."""
+    head_damp: float = 0.3
     calib_source: Literal["selfgen", "train"] = "selfgen"
     calib_seqs: int = 64
     calib_seq_len: int = 2048
     calib_temperature: float = 0.8
     calib_batch: int = 8
+    calib_kv_cache: bool = True
+    """Sample the calibration text with a KV cache (O(L) per sequence); False = PR #1019's full re-forward
+    per token (O(L^2); beyond rope_ref_len its rotary base drifts with the prefix length)."""
     calib_reserve_seconds: float = 0.0
     """With calib_source=train: seconds reserved inside the training cap for calibration."""
     prune_target_bytes: int = 15_990_000
@@ -280,6 +289,7 @@ class QuantConfig:
         _require(5 <= self.embed_bits <= 8, p + "embed_bits", f"must be in [5, 8], got {self.embed_bits}")
         _require(self.block_size >= 1, p + "block_size", "must be >= 1")
         _require(self.damp >= 0, p + "damp", "must be >= 0")
+        _require(self.head_damp >= 0, p + "head_damp", "must be >= 0")
         _require(self.scale_floor > 0, p + "scale_floor", "must be > 0")
         _require(self.calib_seqs >= 1 and self.calib_seq_len >= 2 and self.calib_batch >= 1, p + "calib_seqs",
                  "calibration sizes must be positive (calib_seq_len >= 2)")

@@ -122,3 +122,14 @@ def test_slot_and_ttt_cuda_match_cpu():
     t_cpu, _ = score_ttt(m.cpu(), stream, plan, luts_to_torch(L), DistEnv(), cfg.score, with_slot=True)
     # TTT trains, so device rounding compounds over the updates: 0.54% apart on an H100 (2026-11-26).
     assert info["compliant"] and t_gpu.targets == t_cpu.targets and t_gpu.loss == pytest.approx(t_cpu.loss, rel=2e-2)
+
+
+def test_kv_cached_decode_matches_the_full_forward_on_cuda():
+    m = _model("record").eval()
+    x = torch.randint(0, 1024, (2, 96), device="cuda")
+    with torch.no_grad():
+        want = m.forward_hidden(x, rope_len=96)
+        cache = m.new_kv_cache(96)
+        got = torch.cat([m.decode_hidden(x[:, :40], cache)] + [m.decode_hidden(x[:, :t], cache) for t in range(41, 97)],
+                        dim=1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -26,3 +26,17 @@ def test_verbs_in_help(capsys):
     verbs = set(build_parser()._subparsers._group_actions[0].choices)
     assert verbs == {"config", "data", "train", "eval", "budget", "bench", "quantize", "run", "bundle", "audit",
                      "report"}
+
+
+def test_bench_calib_times_both_samplers(capsys, clean_env):
+    # 16 tokens <= tiny's rope_ref_len (32): both samplers are the same math, so the same tokens.
+    sets = ["--set", "quant.calib_seqs=3", "--set", "quant.calib_seq_len=16", "--set", "quant.calib_batch=2"]
+    assert main(["bench", "calib", "--preset", "tiny", "--device", "cpu", "--json", *sets]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["seqs"] == 3 and r["seq_len"] == 16 and r["weights"] == "fresh init"
+    for name in ("cache", "nocache"):
+        assert r[name]["tokens"] == 3 * 16 and r[name]["seconds"] > 0
+    assert r["same_tokens"] is True and r["speedup"] > 0
+    assert main(["bench", "calib", "--preset", "tiny", "--device", "cpu", "--json", "--cache-only", *sets]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert "nocache" not in r and "same_tokens" not in r

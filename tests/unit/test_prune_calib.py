@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -139,7 +141,8 @@ def test_self_generated_sequences_are_seeded_and_world_size_invariant():
     assert [tuple(s.shape) for s in hessian_inputs(one)] == [(2, 11), (2, 11), (1, 11)]
 
 
-def test_generation_samples_from_the_tempered_model_distribution():
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_generation_samples_from_the_tempered_model_distribution(kv_cache):
     """A model whose next-token distribution is fixed: empirical frequencies match softmax(logits / T)."""
 
     class Fixed(torch.nn.Module):
@@ -150,11 +153,21 @@ def test_generation_samples_from_the_tempered_model_distribution():
         def forward_hidden(self, idx):
             return torch.zeros(idx.shape[0], idx.shape[1], 1)
 
+        def new_kv_cache(self, max_len):
+            return types.SimpleNamespace(pos=0, max_len=max_len)
+
+        def decode_hidden(self, idx, cache):
+            new = idx.shape[1] - cache.pos
+            assert new == 1 and idx.shape[1] <= cache.max_len  # one new position per step, within the cache
+            cache.pos = idx.shape[1]
+            return torch.zeros(idx.shape[0], new, 1)
+
         def logits_from_hidden(self, h):
             return self.logits.expand(h.shape[0], h.shape[1], 4)
 
     g = torch.Generator().manual_seed(0)
-    x = generate_batch(Fixed(), 4000, 3, vocab_size=4, temperature=0.5, generator=g, device=torch.device("cpu"))
+    x = generate_batch(Fixed(), 4000, 3, vocab_size=4, temperature=0.5, generator=g, device=torch.device("cpu"),
+                       kv_cache=kv_cache)
     freq = torch.bincount(x[:, 1:].reshape(-1), minlength=4).double() / x[:, 1:].numel()
     want = torch.softmax(torch.tensor([2.0, 1.0, 0.0, -1.0], dtype=torch.float64) / 0.5, 0)
     assert torch.allclose(freq, want, atol=0.015)

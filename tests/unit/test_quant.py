@@ -341,6 +341,54 @@ def test_hessians_refuse_uncaptured_matrices():
         collect_hessians(_tiny_model(3), [idx])
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_head_hessian_is_the_normed_hidden_state(tied):
+    cfg = replace(tiny().model, tie_embeddings=tied)
+    torch.manual_seed(4)
+    m = GPT(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape) * 0.05)
+    head = "tok_emb" if tied else "head"
+    assert m.output_weight() is dict(m.named_parameters())[head]
+    g = torch.Generator().manual_seed(6)
+    batches = [torch.randint(0, cfg.vocab_size, (2, 24), generator=g) for _ in range(2)]
+    assert head not in collect_hessians(m, batches)  # matrices only unless asked
+    H = collect_hessians(m, batches, head=True)
+    # No other table gets one: the lookups (token, bigram, value embedding) are not matmuls.
+    tables = {n for n, r in roles_by_name(m).items() if r in (Role.EMBED, Role.HEAD)}
+    assert set(H) & tables == {head}
+    with torch.no_grad():
+        X = torch.cat([m.forward_hidden(b).reshape(-1, cfg.model_dim) for b in batches])
+        want = X.T @ X / sum(b.size(0) for b in batches)
+    torch.testing.assert_close(H[head], want, rtol=1e-5, atol=1e-5)
+
+
+def test_head_gptq_lowers_the_head_output_error_and_round_trips(tmp_path):
+    m = _tiny_model(7)
+    g = torch.Generator().manual_seed(8)
+    batches = [torch.randint(0, m.cfg.vocab_size, (4, 32), generator=g) for _ in range(2)]
+    H = collect_hessians(m, batches, head=True)
+    qc = replace(tiny().quant, method="gptq", head_gptq=True, head_damp=0.01)
+    t = art.quantize_model(m, qc, H)
+    assert t["tok_emb"][0] == f"gptq_int{qc.embed_bits}"
+    assert t["bigram.table"][0] == f"pctl_int{qc.embed_bits}"  # lookups only: the original RTN
+    off = art.quantize_model(m, replace(qc, head_gptq=False), H)
+    assert off["tok_emb"][0] == f"pctl_int{qc.embed_bits}"
+    assert all(torch.equal(t[n][1], off[n][1]) for n in t if n != "tok_emb")  # nothing else changes
+    W, Hh = m.tok_emb.detach().double(), H["tok_emb"].double()
+
+    def out_err(e) -> float:
+        d = W - dequantize(e[1], e[2]).double()
+        return float(torch.einsum("rc,cd,rd->", d, Hh, d))
+
+    assert out_err(t["tok_emb"]) < 0.8 * out_err(off["tok_emb"])
+    path = tmp_path / "h.pgolf"
+    art.save_model_artifact(path, m, t, qc)
+    back = dict(art.load_artifact(path, torch.device("cpu")).named_parameters())
+    assert torch.equal(back["tok_emb"].detach(), dequantize(t["tok_emb"][1], t["tok_emb"][2]))
+
+
 def test_lzma_payload_whose_declared_dictionary_is_rounded_up_decodes():
     """xz declares the dictionary as 2^n or 3 * 2^(n-1): a 2^22 + 1 byte payload declares 6 MiB, more than
     its size plus 1 MiB (an H100 record artifact of 27 MB raw hit exactly this as "Memory usage limit

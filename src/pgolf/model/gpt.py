@@ -25,6 +25,7 @@ from pgolf.model.layers import (
     AttnImpl,
     BigramHash,
     Block,
+    KVSlot,
     Rotary,
     SmearGate,
     ValueEmbedding,
@@ -140,27 +141,67 @@ class GPT(nn.Module):
             x = self.smear(x)
         return x
 
-    def forward_hidden(self, idx: Tensor) -> Tensor:
-        """idx (B, T) int -> final RMS-normed hidden state (B, T, D) (the input of the head)."""
+    def forward_hidden(self, idx: Tensor, rope_len: int | None = None) -> Tensor:
+        """idx (B, T) int -> final RMS-normed hidden state (B, T, D) (the input of the head).
+
+        rope_len: take the NTK rotary base of this length instead of T (what `decode_hidden` does with
+        its cache length); positions are 0 .. T-1 either way.
+        """
         _, t = idx.shape
         x = x0 = self.embed(idx)  # (B, T, D)
         ve = self.ve(idx) if self.ve is not None else None  # (B, T, Hkv*Dh), shared by the VE layers
-        cos, sin = self.rotary(t, idx.device, x.dtype)  # (T, R/2) each, shared by all layers
+        cos, sin = self.rotary(t, idx.device, x.dtype, base_len=rope_len)  # (T, R/2) each, shared by all layers
+        return self._blocks(x, x0, ve, cos, sin, None)
+
+    def decode_hidden(self, idx: Tensor, cache: KVCache) -> Tensor:
+        """Incremental forward: idx (B, P) = every token so far, of which positions cache.pos .. P-1 are new
+        -> their hidden states (B, P - cache.pos, D); the cache then holds P positions.
+
+        Equal, up to float summation order, to forward_hidden(idx, rope_len=cache.max_len)[:, cache.pos:]
+        (tests/parity/test_kv_cache.py). The input side only needs the two tokens before the new ones:
+        the BigramHash of position p reads token p-1, and the SmearGate of p reads the embedding of p-1.
+        """
+        start, end = cache.pos, idx.size(1)
+        if not start < end <= cache.max_len:
+            raise ValueError(f"decode_hidden: {end} tokens with {start} cached (max_len {cache.max_len})")
+        lo = max(0, start - 2)
+        x = x0 = self.embed(idx[:, lo:])[:, start - lo:]  # (B, N, D)
+        ve = self.ve(idx[:, start:]) if self.ve is not None else None
+        if cache.rope is None or cache.rope[0].dtype != x.dtype or cache.rope[0].device != x.device:
+            cache.rope = self.rotary(cache.max_len, idx.device, x.dtype)  # (max_len, R/2) each, made once
+        cos, sin = cache.rope
+        h = self._blocks(x, x0, ve, cos[start:end], sin[start:end], cache.slots)
+        for slot in cache.slots:
+            slot.pos = end
+        cache.pos = end
+        return h
+
+    def new_kv_cache(self, max_len: int) -> KVCache:
+        """An empty cache for decoding up to max_len positions (`decode_hidden`)."""
+        return KVCache(len(self.blocks), max_len)
+
+    def _blocks(self, x: Tensor, x0: Tensor, ve: Tensor | None, cos: Tensor, sin: Tensor,
+                slots: list[KVSlot] | None) -> Tensor:
+        """The layer stack with U-Net skips and value embeddings -> rms(x) (B, T, D)."""
         skips: list[Tensor] = []
         for i, block in enumerate(self.blocks):
             if self.skip_weights is not None and i >= self.num_encoder and skips:
                 # LIFO: decoder block 0 gets the last encoder output, decoder L//2-1 gets block 0's.
                 x = x + self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop()
-            slot = self.ve_slot[i]
-            ve_i = ve * self.ve.layer_scales[slot].to(ve.dtype) if slot >= 0 else None
-            x = block(x, x0, cos, sin, ve_i)
+            j = self.ve_slot[i]
+            ve_i = ve * self.ve.layer_scales[j].to(ve.dtype) if j >= 0 else None
+            x = block(x, x0, cos, sin, ve_i, None if slots is None else slots[i])
             if self.skip_weights is not None and i < self.num_encoder:
                 skips.append(x)
         return rms_norm(x)
 
+    def output_weight(self) -> nn.Parameter:
+        """The head's weight (V, D): tok_emb when tied, else the untied head."""
+        return self.tok_emb if self.head is None else self.head
+
     def logits_from_hidden(self, h: Tensor) -> Tensor:
         """h (B, T, D) -> softcapped logits (B, T, V), upcast to fp32 (kept fp64 for an fp64 model)."""
-        w = self.tok_emb if self.head is None else self.head  # (V, D)
+        w = self.output_weight()  # (V, D)
         logits = F.linear(h, w.to(h.dtype))
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
@@ -201,3 +242,16 @@ class GPT(nn.Module):
     def param_count_by_role(self) -> dict[str, int]:
         """{role name: parameter count}; raises if a parameter has no role."""
         return count_by_role(self)
+
+
+class KVCache:
+    """Decoding state of one batch of sequences: a `KVSlot` per layer and the number of cached positions.
+    Every position uses the rotary base of max_len (see `GPT.decode_hidden`)."""
+
+    def __init__(self, num_layers: int, max_len: int) -> None:
+        if max_len < 1:
+            raise ValueError(f"KV cache max_len must be >= 1, got {max_len}")
+        self.max_len = max_len
+        self.pos = 0
+        self.slots = [KVSlot(max_len) for _ in range(num_layers)]
+        self.rope: tuple[Tensor, Tensor] | None = None

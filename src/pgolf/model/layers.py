@@ -99,10 +99,12 @@ class Rotary(nn.Module):
             return self.base * (seq_len / self.ref_len) ** (self.dims / (self.dims - 2))
         return self.base
 
-    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """cos, sin tables of shape (T, R/2) in `dtype` (computed in fp32, or fp64 for fp64 models)."""
+    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype,
+                base_len: int | None = None) -> tuple[Tensor, Tensor]:
+        """cos, sin tables of shape (T, R/2) in `dtype` (computed in fp32, or fp64 for fp64 models) for
+        positions 0 .. T-1; the NTK base is that of length base_len (default T = seq_len)."""
         work = torch.float64 if dtype == torch.float64 else torch.float32
-        base = self.effective_base(seq_len)
+        base = self.effective_base(seq_len if base_len is None else base_len)
         inv_freq = 1.0 / base ** (torch.arange(0, self.dims, 2, device=device, dtype=work) / self.dims)  # (R/2,)
         freqs = torch.outer(torch.arange(seq_len, device=device, dtype=work), inv_freq)  # (T, R/2)
         return freqs.cos().to(dtype), freqs.sin().to(dtype)
@@ -140,6 +142,43 @@ def xsa_project(y: Tensor, v: Tensor) -> Tensor:
     return y_g.reshape(b, t, h, dh)
 
 
+class KVSlot:
+    """One layer's key/value cache for incremental decoding (self-generated calibration, `GPT.decode_hidden`).
+
+    Buffers (B, max_len, Hkv, Dh) are allocated on the first write, in the dtype of the keys (bf16 under
+    autocast). `attend` stores the new positions' k, v at pos .. pos+T-1 and runs attention of their
+    queries over positions 0 .. pos+T-1 with the causal mask inside the new block, which is the same
+    attention the full causal forward computes for those rows. The caller advances `pos` (`KVCache`).
+    """
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+        self.pos = 0
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q (B, T, H, Dh), k/v (B, T, Hkv, Dh) of positions pos .. pos+T-1 -> (B, T, H, Dh)."""
+        b, t, hkv, dh = k.shape
+        end = self.pos + t
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions > max_len {self.max_len}")
+        if self.k is None or self.v is None:
+            self.k = k.new_empty(b, self.max_len, hkv, dh)
+            self.v = v.new_empty(b, self.max_len, hkv, dh)
+        self.k[:, self.pos:end] = k
+        self.v[:, self.pos:end] = v
+        keys, values = self.k[:, :end], self.v[:, :end]  # (B, end, Hkv, Dh)
+        g = q.size(2) // hkv
+        if g > 1:
+            keys, values = keys.repeat_interleave(g, dim=2), values.repeat_interleave(g, dim=2)
+        # Row i of the new block (position pos + i) sees cache positions 0 .. pos + i.
+        mask = torch.ones(t, end, dtype=torch.bool, device=q.device).tril(diagonal=self.pos)  # (T, end)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
+                                           attn_mask=mask)
+        return y.transpose(1, 2)  # (B, T, H, Dh)
+
+
 class CausalSelfAttention(nn.Module):
     """GQA attention with QK-norm, partial RoPE, per-head query gain, optional VE add and XSA (STACK 3.3)."""
 
@@ -158,8 +197,13 @@ class CausalSelfAttention(nn.Module):
         # Per-head query gain (naive baseline); with QK-norm it sets the temperature (init 5.0: PR #1217 sweep).
         self.q_gain = _param(cfg.num_heads, role=Role.SCALAR)  # (H,)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ve: Tensor | None = None) -> Tensor:
-        """x (B, T, D) already normed/scaled; cos/sin (T, R/2); ve (B, T, Hkv*Dh) or None -> (B, T, D)."""
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ve: Tensor | None = None,
+                kv: KVSlot | None = None) -> Tensor:
+        """x (B, T, D) already normed/scaled; cos/sin (T, R/2); ve (B, T, Hkv*Dh) or None -> (B, T, D).
+
+        kv: incremental decoding (`KVSlot`): x holds the next positions pos .. pos+T-1 only, their keys and
+        values are written into the cache and the queries attend to cache positions 0 .. pos+T-1.
+        """
         b, t, _ = x.shape
         q = F.linear(x, self._w(self.q, x.dtype)).view(b, t, self.num_heads, self.head_dim)  # (B, T, H, Dh)
         k = F.linear(x, self._w(self.k, x.dtype)).view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, Hkv, Dh)
@@ -174,7 +218,7 @@ class CausalSelfAttention(nn.Module):
         # Under autocast rms_norm runs in fp32 while the linears give bf16; a kernel such as FA3 needs one
         # dtype, so q and k go back to the projections' compute dtype (a no-op without autocast).
         q, k = q.to(v.dtype), k.to(v.dtype)
-        y = self.attn_impl(q, k, v)  # (B, T, H, Dh)
+        y = self.attn_impl(q, k, v) if kv is None else kv.attend(q, k, v)  # (B, T, H, Dh)
         if self.use_xsa:
             y = xsa_project(y, v)
         return F.linear(y.reshape(b, t, -1), self._w(self.o, y.dtype))  # (B, T, D)
@@ -222,12 +266,13 @@ class Block(nn.Module):
         self.mlp_scale = _param(cfg.model_dim, role=Role.SCALAR)  # (D,)
         self.resid_mix = _param(2, cfg.model_dim, role=Role.SCALAR) if cfg.resid_mix else None  # (2, D)
 
-    def forward(self, x: Tensor, x0: Tensor, cos: Tensor, sin: Tensor, ve: Tensor | None = None) -> Tensor:
-        """x, x0 (B, T, D); cos/sin (T, R/2); ve (B, T, Hkv*Dh) or None -> (B, T, D)."""
+    def forward(self, x: Tensor, x0: Tensor, cos: Tensor, sin: Tensor, ve: Tensor | None = None,
+                kv: KVSlot | None = None) -> Tensor:
+        """x, x0 (B, T, D); cos/sin (T, R/2); ve (B, T, Hkv*Dh) or None; kv: see CausalSelfAttention -> (B, T, D)."""
         if self.resid_mix is not None:
             mix = self.resid_mix.to(x.dtype)
             x = mix[0] * x + mix[1] * x0
-        a = self.attn(rms_norm(x) * self.ln_factor, cos, sin, ve)
+        a = self.attn(rms_norm(x) * self.ln_factor, cos, sin, ve, kv)
         x = x + self.attn_scale.to(x.dtype) * a
         m = self.mlp(rms_norm(x) * self.ln_factor)
         return x + self.mlp_scale.to(x.dtype) * m

@@ -483,6 +483,8 @@ def quantize_model(model: nn.Module, quant_cfg, hessians: Mapping[str, Tensor] |
     - matrix: GPTQ at matrix_bits with that matrix's Hessian; RTN (same grid and clip rule) when
       method = "rtn" or no Hessian is given for it;
     - embed / head: one clip per row at embed_bits, percentile 0.9999984 or SDClip (embed_sdclip_k);
+      the output head's table instead gets GPTQ at embed_bits when method = "gptq", quant.head_gptq and
+      a Hessian is given for it (damping head_damp, per-row clip choice by output error);
     - proj / scalar / gate: fp16 passthrough. method = "none" stores every tensor as fp16.
     """
     q = quant_cfg
@@ -505,6 +507,13 @@ def quantize_model(model: nn.Module, quant_cfg, hessians: Mapping[str, Tensor] |
                                      select=q.clip_select)
                 out[name] = (f"gptq_int{q.matrix_bits}", Q.cpu(), s.cpu())
         elif role in (Role.EMBED, Role.HEAD):
+            H = hessians.get(name) if (q.method == "gptq" and q.head_gptq and hessians is not None) else None
+            if H is not None:  # the output head's table (quant.head_gptq)
+                Q, s = gptq_quantize(W, H.to(W.device), bits=q.embed_bits, block_size=q.block_size,
+                                     damp=q.head_damp, act_order=q.act_order, clip=q.clip,
+                                     sdclip_k=q.embed_sdclip_k, scale_floor=q.scale_floor, select="row")
+                out[name] = (f"gptq_int{q.embed_bits}", Q.cpu(), s.cpu())
+                continue
             Q, s = row_clip_quantize(W, bits=q.embed_bits, clip=q.clip, sdclip_k=q.embed_sdclip_k,
                                      scale_floor=q.scale_floor)
             method = "pctl" if q.clip == "percentile" else "sdclip"

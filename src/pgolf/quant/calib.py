@@ -2,8 +2,17 @@
 
 Self-generated (the default, PR #1019): `calib_seqs` sequences of `calib_seq_len` tokens; the first token
 of each is drawn uniformly from the vocabulary, every later one from softmax(logits / temperature) of
-the model's own prediction (no KV cache: the whole prefix is re-read at every step, as the original).
-No training or validation token is read, so calibration can run after the training clock stops.
+the model's own prediction. No training or validation token is read, so calibration can run after the
+training clock stops.
+
+Two samplers (quant.calib_kv_cache):
+- KV cache (default): one new position per step, keys and values of the earlier ones cached
+  (`GPT.decode_hidden`); O(L) position-forwards per sequence instead of O(L^2). Every position uses the
+  rotary tables of the L - 1 positions the Hessian pass will read, so generation and Hessian forwards
+  see the same positions.
+- no cache (PR #1019 as written): the whole prefix is re-read at every step; the prefix length sets the
+  NTK rotary base, so beyond rope_ref_len every step sees a slightly different base. Below rope_ref_len
+  the two samplers are the same math (tests/parity/test_kv_cache.py).
 
 Same sequences at every world size: the sequences are cut into generation batches of `calib_batch`
 consecutive sequences, batch k is generated with its own generator seeded from (seed, k), and batches
@@ -38,15 +47,19 @@ def rank_batches(n_seqs: int, batch: int, env: DistEnv) -> list[tuple[int, int, 
 @torch.no_grad()
 def generate_batch(model: nn.Module, n: int, seq_len: int, *, vocab_size: int, temperature: float,
                    generator: torch.Generator, device: torch.device,
-                   autocast_dtype: torch.dtype | None = None) -> Tensor:
-    """(n, seq_len) int64 tokens sampled from the model (first token uniform). The model's forward_hidden /
-    logits_from_hidden are used so the head runs on the last position only."""
+                   autocast_dtype: torch.dtype | None = None, kv_cache: bool = True) -> Tensor:
+    """(n, seq_len) int64 tokens sampled from the model (first token uniform). The head runs on the last
+    position only; kv_cache selects the sampler (module docstring)."""
     amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
     x = torch.randint(0, vocab_size, (n, 1), generator=generator, device=device)  # (n, 1)
+    cache = model.new_kv_cache(seq_len - 1) if kv_cache and seq_len > 1 else None
     with amp:
         for _ in range(seq_len - 1):
-            h = model.forward_hidden(x)[:, -1:]  # (n, 1, D)
+            if cache is not None:
+                h = model.decode_hidden(x, cache)  # (n, 1, D): the newest position only
+            else:
+                h = model.forward_hidden(x)[:, -1:]  # (n, 1, D)
             logits = model.logits_from_hidden(h)[:, 0, :vocab_size].float()  # (n, V) fp32
             probs = torch.softmax(logits / temperature, dim=-1)
             nxt = torch.multinomial(probs, 1, generator=generator)  # (n, 1)
@@ -67,7 +80,7 @@ def self_generated_batches(model: nn.Module, quant_cfg, *, vocab_size: int, seed
             g.manual_seed(seed * GEN_SEED_STRIDE + k)
             out.append(generate_batch(model, b - a, q.calib_seq_len, vocab_size=vocab_size,
                                       temperature=q.calib_temperature, generator=g, device=env.device,
-                                      autocast_dtype=autocast_dtype))
+                                      autocast_dtype=autocast_dtype, kv_cache=q.calib_kv_cache))
             if progress is not None:
                 progress.update(b - a)
     finally:

@@ -1,4 +1,6 @@
-"""Calibration Hessians H = sum X^T X / n_sequences for every Role.MATRIX weight (STACK.md 5.2).
+"""Calibration Hessians H = sum X^T X / n_sequences for every Role.MATRIX weight (STACK.md 5.2), and
+optionally for the output head's weight (the tied token embedding or the untied head): its X is the
+final normed hidden state h of `logits_from_hidden` (the table lookup is F.embedding, never recorded).
 
 X (tokens, cols) is the input of the matmul that uses the weight. The model's modules call
 `F.linear(x, self.q.to(x.dtype))` on raw parameters (no nn.Linear submodules), so a forward hook on a
@@ -34,6 +36,21 @@ def matrix_params(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if role_of(p) is Role.MATRIX}
 
 
+def head_param(model: nn.Module) -> dict[str, nn.Parameter]:
+    """{name: parameter} of the output head's weight (`model.output_weight()`: tok_emb when tied), or {}
+    for a model without one. Found by identity, not by name."""
+    get = getattr(model, "output_weight", None)
+    if get is None:
+        return {}
+    w = get()
+    return {name: p for name, p in model.named_parameters() if p is w}
+
+
+def hessian_params(model: nn.Module, *, head: bool = False) -> dict[str, nn.Parameter]:
+    """The weights `collect_hessians` tracks: every matrix, plus the head's weight when head=True."""
+    return {**matrix_params(model), **(head_param(model) if head else {})}
+
+
 @contextlib.contextmanager
 def capture_linear_inputs(weights: dict[str, Tensor], on_input: Callable[[str, Tensor], None]) -> Iterator[None]:
     """Within the block, every F.linear(x, w) whose w is one of `weights` (by identity) calls
@@ -55,15 +72,17 @@ def capture_linear_inputs(weights: dict[str, Tensor], on_input: Callable[[str, T
 
 
 @torch.no_grad()
-def collect_hessians(model: nn.Module, batches: Iterable[Tensor], dist_env=None) -> dict[str, Tensor]:
-    """{matrix param name: H (cols, cols) float32} = sum over all sequences of X^T X / n_sequences.
+def collect_hessians(model: nn.Module, batches: Iterable[Tensor], dist_env=None, *,
+                     head: bool = False) -> dict[str, Tensor]:
+    """{param name: H (cols, cols) float32} = sum over all sequences of X^T X / n_sequences, for every
+    matrix and, with head=True, the output head's weight (`hessian_params`).
 
     batches: token id tensors (B, T) already on the model's device (e.g. the first T tokens of each
     self-generated sequence); n_sequences = sum of B over batches (and ranks). dist_env: a
     `pgolf.runtime.DistEnv` (or None for one process); with world_size > 1 every rank passes its own
     share of the sequences and all ranks get the same H.
     """
-    weights = matrix_params(model)
+    weights = hessian_params(model, head=head)
     H: dict[str, Tensor] = {name: torch.zeros(p.size(1), p.size(1), dtype=torch.float32, device=p.device)
                             for name, p in weights.items()}
     seen: set[str] = set()

@@ -69,7 +69,7 @@ def calibration_hessians(model: torch.nn.Module, cfg: RunConfig, env: DistEnv, r
     gen_s = time.perf_counter() - t0
     log.timing("calib_generate", gen_s)
     with PhaseTimer(log, "hessians", env.device) as th:
-        H = collect_hessians(model.float(), hessian_inputs(seqs), env)
+        H = collect_hessians(model.float(), hessian_inputs(seqs), env, head=q.head_gptq)
     facts = {"source": "selfgen", "seqs": q.calib_seqs, "seq_len": q.calib_seq_len,
              "temperature": q.calib_temperature, "generate_seconds": gen_s, "hessian_seconds": th.seconds}
     log.log(f"calibration: self-generated {q.calib_seqs}x{q.calib_seq_len} tokens (T={q.calib_temperature}) "

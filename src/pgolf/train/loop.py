@@ -437,7 +437,7 @@ class Trainer:
         rows = torch.cat(seqs)[:per_rank].to(self.device)  # (per_rank, seq_len) training tokens
         batches = list(rows.split(q.calib_batch))
         self.raw_model.set_qat(0)  # the recorder must see the parameters themselves, not fake-quantized copies
-        H = collect_hessians(self.raw_model, batches, env)
+        H = collect_hessians(self.raw_model, batches, env, head=q.head_gptq)
         self._sync()
         secs = time.perf_counter() - t0
         if env.is_main:
