@@ -18,7 +18,7 @@ from pgolf.data.tokenizer import ByteLUTs, target_bytes
 from pgolf.runtime import DistEnv
 from pgolf.scoring.evaluate import EvalData, evaluate, mode_plan, rank_window_count
 from pgolf.scoring.slot import rank_segments, segments
-from pgolf.scoring.ttt import _share, chunk_windows
+from pgolf.scoring.ttt import chunk_windows, rank_share
 from tests.conftest import perturbed_tiny_model
 from tests.unit.test_slot import make_data
 
@@ -31,7 +31,7 @@ def rank_windows(mode, plan, cfg, env, warm_segments):
     def share(lo, hi):
         if seg:
             return [w for a, b in rank_segments(segments(lo, hi, bw, warm_segments), env) for w in range(a, b)]
-        a, b = _share(lo, hi, env)
+        a, b = rank_share(lo, hi, env)
         return list(range(a, b))
 
     if mode in ("plain", "sliding"):

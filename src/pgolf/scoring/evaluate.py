@@ -59,7 +59,7 @@ from pgolf.runtime import DistEnv
 from pgolf.scoring.plan import ScorePlan, plain_plan, sliding_plan
 from pgolf.scoring.sliding import score_windows
 from pgolf.scoring.slot import rank_segments, score_slot, segments
-from pgolf.scoring.ttt import _share, audit_ledger, chunk_windows, score_ttt
+from pgolf.scoring.ttt import audit_ledger, chunk_windows, rank_share, score_ttt
 from pgolf.telemetry import Progress
 
 WARM_SEGMENTS = 8
@@ -121,7 +121,7 @@ def rank_window_count(mode: str, plan: ScorePlan, cfg: RunConfig, env: DistEnv, 
     def share(lo: int, hi: int) -> int:
         if mode in ("slot", "ttt+slot"):
             return sum(b - a for a, b in rank_segments(segments(lo, hi, bw, warm_segments), env))
-        a, b = _share(lo, hi, env)
+        a, b = rank_share(lo, hi, env)
         return b - a
 
     if mode in ("plain", "sliding"):

@@ -51,7 +51,9 @@ COMPLIANT_LABEL = "compliant (score-first TTT)"
 PREQUANT_LABEL = "NON-COMPLIANT (pre-quant TTT on validation tokens)"
 
 
-def _share(lo: int, hi: int, env: DistEnv) -> tuple[int, int]:
+def rank_share(lo: int, hi: int, env: DistEnv) -> tuple[int, int]:
+    """This rank's contiguous part [a, b) of the range [lo, hi): the ranks' parts tile it in rank order and
+    differ in length by at most one."""
     n = hi - lo
     return lo + n * env.rank // env.world_size, lo + n * (env.rank + 1) // env.world_size
 
@@ -115,7 +117,7 @@ class _Trainer:
     def step(self, seqs: list[tuple[int, int]]) -> float:
         """One update on the global batch `seqs` (target ranges); this rank takes its contiguous share."""
         env, model = self.env, self.model
-        lo, hi = _share(0, len(seqs), env)
+        lo, hi = rank_share(0, len(seqs), env)
         mine = seqs[lo:hi]
         model.train()
         self.opt.zero_grad(set_to_none=True)
@@ -225,7 +227,7 @@ def score_ttt(model: torch.nn.Module, stream: np.ndarray, plan: ScorePlan, luts_
             runner.score_range(lo, hi, env, bw, warm_segments, acc, progress)
             mine = rank_segments(segments(lo, hi, bw, warm_segments), env)
         else:
-            a, b = _share(lo, hi, env)
+            a, b = rank_share(lo, hi, env)
             _score_range(model, stream, plan, a, b, bw, luts_t, acc, device, amp, nll_out)
             mine = [(a, b)]
             if progress is not None:
