@@ -96,8 +96,11 @@ def test_train_calibration_runs_inside_the_reserved_wallclock(tiny_data, tmp_pat
     assert (tmp_path / HESSIANS_FILE).is_file()
     log = (tmp_path / "log.txt").read_text()
     assert "calibration_reserve:2.0s training_cap:2.0s" in log and "calibration: 4 training sequences" in log
+    assert "tok_emb" in torch.load(tmp_path / HESSIANS_FILE, weights_only=True)  # the tied head's Hessian too
     s = quantize_run(tmp_path, DistEnv(), progress=False, echo=False)
     assert s["calibration"]["source"] == "train"
+    _, tensors = read_artifact(tmp_path / RUN_ARTIFACT)
+    assert tensors["tok_emb"][0] == "gptq_int8" and tensors["bigram.table"][0] == "pctl_int8"
     (tmp_path / HESSIANS_FILE).unlink()
     with pytest.raises(QuantizeError, match="calib_source=train needs hessians.pt"):
         quantize_run(tmp_path, DistEnv(), progress=False, echo=False)
