@@ -11,7 +11,7 @@ from pgolf.scoring.plain import score_plain
 from pgolf.scoring.plan import plain_plan, sliding_plan
 from pgolf.scoring.sliding import score_windows
 from tests.conftest import perturbed_tiny_model
-from tests.dist.helpers import spawn_gloo
+from tests.distributed.helpers import spawn_gloo
 
 
 def _model(rope_ref_len=0):

@@ -5,7 +5,7 @@ Plan level (hypothesis, cheap): the windows each rank scores in each mode (conti
 plain/sliding, whole warm-start segments for slot, per-chunk shares or segments for ttt / ttt+slot)
 partition the plan's windows, and the plan's scored ranges tile the targets. Pipeline level: `evaluate()`
 itself raises unless every target was written exactly once (see evaluate._gather_nll); these tests run
-it at random shapes (world size 2 is tests/dist/test_eval_dist.py).
+it at random shapes (world size 2 is tests/distributed/test_eval_dist.py).
 """
 
 import numpy as np

@@ -14,7 +14,7 @@ from pgolf.scoring.plan import sliding_plan
 from pgolf.scoring.sliding import score_windows
 from pgolf.scoring.slot import COMPLIANT_LABEL, NONCOMPLIANT_LABEL, SlotRunner, score_slot, segments
 from tests.conftest import perturbed_tiny_model
-from tests.dist.helpers import spawn_gloo
+from tests.distributed.helpers import spawn_gloo
 
 T, S, BW, FOCAL, N = 48, 16, 4, 16, 300
 # stream indices m to flip: batch boundary (target 96 = first of batch 1), window boundary (target 128

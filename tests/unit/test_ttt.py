@@ -10,7 +10,7 @@ from pgolf.runtime import DistEnv
 from pgolf.scoring.plan import sliding_plan
 from pgolf.scoring.sliding import score_windows
 from pgolf.scoring.ttt import PREQUANT_LABEL, audit_ledger, block_lr_mults, chunk_windows, score_ttt
-from tests.dist.helpers import spawn_gloo
+from tests.distributed.helpers import spawn_gloo
 from tests.unit.test_slot import BW, FOCAL, S, T, flipped, make_data, make_model
 
 CHUNK = 64

@@ -9,7 +9,7 @@ from pgolf.config import SCORE_MODES, resolve
 from pgolf.runtime import DistEnv
 from pgolf.scoring.evaluate import EvalData, evaluate
 from tests.conftest import perturbed_tiny_model
-from tests.dist.helpers import spawn_gloo
+from tests.distributed.helpers import spawn_gloo
 from tests.unit.test_slot import make_data
 
 SETS = ["score.seq_len=48", "score.sliding.stride=16", "score.sliding.batch_windows=4", "score.slot.focal=16",

@@ -12,7 +12,7 @@ from pgolf.quant.calib import hessian_inputs, self_generated_batches
 from pgolf.quant.hessian import collect_hessians
 from pgolf.runtime import DistEnv
 from tests.conftest import perturbed_tiny_model
-from tests.dist.helpers import spawn_gloo
+from tests.distributed.helpers import spawn_gloo
 
 pytestmark = pytest.mark.dist
 

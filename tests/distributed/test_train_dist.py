@@ -12,7 +12,7 @@ import torch
 from pgolf.config import resolve
 from pgolf.runtime import DistEnv
 from pgolf.train.loop import Trainer
-from tests.dist.helpers import spawn_gloo
+from tests.distributed.helpers import spawn_gloo
 
 pytestmark = pytest.mark.dist
 
