@@ -135,8 +135,8 @@ def bench_quant(run_dir, env: DistEnv, *, modes: tuple[str, ...] = ("plain",), m
     return out
 
 
-def bench_calib(cfg: RunConfig, env: DistEnv, *, run_dir=None, samplers: tuple[str, ...] = ("cache", "nocache"),
-                progress: bool = False) -> dict:
+def bench_calib(cfg: RunConfig, env: DistEnv, *, run_dir=None,
+                samplers: tuple[str, ...] = ("cache", "nocache")) -> dict:
     """Self-generated calibration text: seconds and tokens/s of quant.calib_seqs x calib_seq_len with the KV
     cache and with PR #1019's full re-forward, on this rank's share (the run's trained weights with
     run_dir, else a fresh model of the config), and whether the two samplers drew the same tokens."""
@@ -150,7 +150,7 @@ def bench_calib(cfg: RunConfig, env: DistEnv, *, run_dir=None, samplers: tuple[s
         cfg = dataclasses.replace(load_run_config(run_dir), quant=cfg.quant)
         model = load_run_model(run_dir, cfg, env.device).float()
     else:
-        model = build_model(cfg, env.device).float()
+        model = build_model(cfg, env.device)
     amp, _ = resolve_precision(cfg, env.device)
     q = cfg.quant
     out: dict = {"preset": cfg.preset, "device": str(env.device), "world_size": env.world_size,

@@ -167,7 +167,7 @@ class GPT(nn.Module):
         lo = max(0, start - 2)
         x = x0 = self.embed(idx[:, lo:])[:, start - lo:]  # (B, N, D)
         ve = self.ve(idx[:, start:]) if self.ve is not None else None
-        if cache.rope is None or cache.rope[0].dtype != x.dtype or cache.rope[0].device != x.device:
+        if cache.rope is None:
             cache.rope = self.rotary(cache.max_len, idx.device, x.dtype)  # (max_len, R/2) each, made once
         cos, sin = cache.rope
         h = self._blocks(x, x0, ve, cos[start:end], sin[start:end], cache.slots)
