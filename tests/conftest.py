@@ -52,7 +52,7 @@ def tiny_docs(tmp_path_factory) -> Path:
     import itertools
     import json
 
-    from pgolf.data.docs import iter_docs
+    from pgolf.tools.data.docs import iter_docs
 
     p = tmp_path_factory.mktemp("docs") / "tiny.jsonl"
     with p.open("w", encoding="utf-8") as fh:
@@ -64,7 +64,7 @@ def tiny_docs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(tiny_docs, tmp_path_factory):
     """Prepared tiny dataset (vocab 512, 100k-token shards): returns the prepare() manifest + root."""
-    from pgolf.data.prepare import prepare
+    from pgolf.tools.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("tinydata")
     manifest = prepare([tiny_docs], root, val_docs=143, vocab_size=512, shard_tokens=100_000, progress=False,
@@ -78,8 +78,8 @@ def tiny_data(tiny_docs, tmp_path_factory):
 def perturbed_tiny_model(*sets: str):
     """The tiny-preset GPT in float64, eval mode, with seeded perturbed weights (o/down are zero at init,
     so an unperturbed model would be a trivial function of its input)."""
-    from pgolf.config import resolve
     from pgolf.model.gpt import GPT
+    from pgolf.presets import resolve
 
     cfg, _ = resolve("tiny", list(sets), env={})
     torch.manual_seed(0)

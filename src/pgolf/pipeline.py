@@ -6,6 +6,8 @@ loads the artifact from its file (`load_artifact`), never the in-memory weights,
 exactly what ships. Results go to `results.json` and one greppable line per mode:
 
     final_<mode> val_loss:<nats> val_bpb:<bpb> eval_time:<ms>ms [<compliance label>]
+
+One `RunLogger` serves every stage of the run (the stages share its timings).
 """
 
 from __future__ import annotations
@@ -14,21 +16,31 @@ import time
 from pathlib import Path
 
 from pgolf.config import RunConfig, config_hash
-from pgolf.quant.artifact import RUN_ARTIFACT, load_artifact
-from pgolf.quant.run import quantize_run
-from pgolf.runtime import DistEnv
+from pgolf.quant.artifact import load_artifact
+from pgolf.quant.stage import quantize_run
+from pgolf.rundir import (
+    ARTIFACT,
+    CKPT_DIR,
+    LAST_CKPT,
+    MODEL_FINAL,
+    QUANT_SUMMARY,
+    RESULTS,
+    TRAIN_SUMMARY,
+    Results,
+    Run,
+    RunLogger,
+)
+from pgolf.runtime import DistEnv, resolve_precision
 from pgolf.scoring.evaluate import evaluate
-from pgolf.telemetry import PhaseTimer, RunLogger
-from pgolf.train.loop import resolve_precision, train
-
-RESULTS_FILE = "results.json"
+from pgolf.telemetry import PhaseTimer
+from pgolf.train.loop import TrainResult, train
 
 
 def score_artifact(cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, progress: bool = True,
                    log: RunLogger | None = None, modes: tuple[str, ...] | None = None) -> dict:
     """Score `<run_dir>/artifact.pgolf` with the configured modes; -> {mode: result}."""
     run_dir = Path(run_dir)
-    model = load_artifact(run_dir / RUN_ARTIFACT, env.device)
+    model = load_artifact(run_dir / ARTIFACT, env.device)
     amp, _ = resolve_precision(cfg, env.device)
     with PhaseTimer(log, "score", env.device):
         res = evaluate(model, cfg, env, modes=modes or cfg.score.modes, autocast_dtype=amp,
@@ -43,17 +55,6 @@ def score_artifact(cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, progres
     return res
 
 
-def _finished(run_dir: Path, cfg: RunConfig, *names: str) -> bool:
-    """Every file exists and the run's config.json has this config's hash (a stage of another config is
-    never reused)."""
-    import json
-
-    p = run_dir / "config.json"
-    if not p.is_file() or not all((run_dir / n).is_file() for n in names):
-        return False
-    return json.loads(p.read_text()).get("config_hash") == config_hash(cfg)
-
-
 def run_record(cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, code_bytes: int = 0, progress: bool = True,
                echo: bool = True, resume: bool = False) -> dict:
     """Train, quantize and score one seed; -> the results dict (also `<run_dir>/results.json`).
@@ -64,35 +65,31 @@ def run_record(cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, code_bytes:
     is not redone; a written artifact (+ quant_summary.json) is not requantized. A killed training run
     continues from its checkpoint.
     """
-    import json
-
-    run_dir = Path(run_dir)
-    if resume and _finished(run_dir, cfg, RESULTS_FILE):
-        return json.loads((run_dir / RESULTS_FILE).read_text())
+    run = Run(run_dir)
+    if resume and run.stage_done(cfg, RESULTS):
+        return run.results(required=True).to_json()
     t0 = time.perf_counter()
-    if resume and _finished(run_dir, cfg, "model_final.pt", "train_summary.json"):
-        from pgolf.train.loop import TrainResult
-
-        ts = json.loads((run_dir / "train_summary.json").read_text())
-        tr = TrainResult(run_dir, ts["steps"], ts["train_seconds"], ts["stopped_by"], ts["tokens_per_second"],
-                         ts["step_avg_ms"], ts.get("final_val"))
+    log = RunLogger(run.path, env.is_main, echo=echo)
+    if resume and run.stage_done(cfg, MODEL_FINAL, TRAIN_SUMMARY):
+        ts = run.train_summary(required=True)
+        tr = TrainResult(run.path, ts.steps, ts.train_seconds, ts.stopped_by, ts.tokens_per_second,
+                         ts.step_avg_ms, ts.final_val)
     else:
-        ckpt = resume and _finished(run_dir, cfg, "ckpt/last.pt")
-        tr = train(cfg, env, run_dir, resume=ckpt, progress=progress, echo=echo)
-    if resume and _finished(run_dir, cfg, RUN_ARTIFACT, "quant_summary.json"):
-        q = json.loads((run_dir / "quant_summary.json").read_text())
+        ckpt = resume and run.stage_done(cfg, f"{CKPT_DIR}/{LAST_CKPT}")
+        tr = train(cfg, env, run.path, resume=ckpt, progress=progress, echo=echo, log=log)
+    if resume and run.stage_done(cfg, ARTIFACT, QUANT_SUMMARY):
+        q = run.quant_summary(required=True).to_json()
     else:
-        q = quantize_run(run_dir, env, code_bytes=code_bytes, progress=progress, echo=echo, cfg=cfg)
-    log = RunLogger(run_dir, env.is_main, echo=echo)
-    modes = score_artifact(cfg, env, run_dir, progress=progress, log=log)
-    results = {
-        "preset": cfg.preset, "seed": cfg.seed, "config_hash": config_hash(cfg), "world_size": env.world_size,
-        "steps": tr.steps, "train_seconds": tr.train_seconds, "stopped_by": tr.stopped_by,
-        "artifact_bytes": q["artifact_bytes"], "code_bytes": code_bytes, "total_bytes": q["total_bytes"],
-        "within_limit": q["within_limit"], "compressor": q["compressor"], "modes": modes,
-        "compliant": (all(r.get("compliant", False) for r in modes.values()) and q["within_limit"]
-                      and not cfg.score.max_val_tokens),
-        "wall_seconds": time.perf_counter() - t0,
-    }
-    log.write_json(RESULTS_FILE, results)
+        q = quantize_run(run.path, env, code_bytes=code_bytes, progress=progress, echo=echo, cfg=cfg, log=log)
+    modes = score_artifact(cfg, env, run.path, progress=progress, log=log)
+    results = Results(
+        preset=cfg.preset, seed=cfg.seed, config_hash=config_hash(cfg), world_size=env.world_size,
+        steps=tr.steps, train_seconds=tr.train_seconds, stopped_by=tr.stopped_by,
+        artifact_bytes=q["artifact_bytes"], code_bytes=code_bytes, total_bytes=q["total_bytes"],
+        within_limit=q["within_limit"], compressor=q["compressor"], modes=modes,
+        compliant=(all(r.get("compliant", False) for r in modes.values()) and q["within_limit"]
+                   and not cfg.score.max_val_tokens),
+        wall_seconds=time.perf_counter() - t0,
+    ).to_json()
+    log.write_json(RESULTS, results)
     return results

@@ -1,4 +1,5 @@
-"""Named presets: functions returning a full RunConfig. Variants derive with dataclasses.replace.
+"""Named presets: functions returning a full RunConfig (variants derive with dataclasses.replace),
+and `resolve()`: a preset overridden once by the environment and `--set` (see pgolf.config.overrides).
 
 - `record`: the V20 stack of STACK.md sections 3-5 on 8xH100 (600 s), qk_gain 5.0, BigramHash 3072x112.
 - `cpu`:    the best model we can train in 600 s on a 2-core CPU (tuned in dev/LOG.md).
@@ -8,7 +9,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
 from pgolf.config import (
@@ -24,7 +26,11 @@ from pgolf.config import (
     SlotConfig,
     TrainConfig,
     TTTConfig,
+    apply_overrides,
+    env_overrides,
+    parse_set,
 )
+from pgolf.config.overrides import Override
 
 
 def record() -> RunConfig:
@@ -143,3 +149,18 @@ def get_preset(name: str) -> RunConfig:
         return PRESETS[name]()
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+
+
+def resolve(preset: str, sets: Iterable[str] = (), env: Mapping[str, str] | None = None,
+            seed: int | None = None) -> tuple[RunConfig, list[Override]]:
+    """Preset -> env (legacy, then PGOLF_) -> --set -> --seed. Returns the tree and what was applied.
+
+    env None reads the process environment (this module and `runtime.py` are the only places under
+    pgolf that read os.environ)."""
+    if env is None:
+        env = os.environ
+    base = get_preset(preset)
+    applied = env_overrides(env) + parse_set(sets)
+    if seed is not None:
+        applied.append(Override("seed", seed, "--seed"))
+    return apply_overrides(base, applied), applied

@@ -1,13 +1,35 @@
-"""Progress display and (later) run-directory logging.
+"""What a run tells the user and records: progress, the run-directory log, phase timings, the machine.
 
-`Progress` shows a tqdm bar when stderr is a terminal, and otherwise prints a plain line at most
-every `interval` seconds, so long work is visible in CI logs and under torchrun without flooding.
+- `Progress` shows a tqdm bar when stderr is a terminal, and otherwise prints a plain line with the rate
+  and an ETA at most every `interval` seconds, so long work is visible in CI logs and under torchrun.
+- `PhaseTimer`: the CUDA-synced wall time of a phase, recorded through a run logger (`pgolf.rundir`).
+- `environment_fingerprint` (env.json), `describe_hardware` and `hardware_matches` (one rule for what
+  a run's env.json says about its hardware, used by the audit and the report).
 """
 
 from __future__ import annotations
 
+import os
+import platform
+import re
+import subprocess
 import sys
 import time
+from pathlib import Path
+
+import numpy
+import torch
+
+import pgolf
+
+
+def _tqdm():
+    """tqdm's bar class, or None: the bundled train_gpt.py runs without tqdm (plain lines instead)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
 
 
 class Progress:
@@ -22,10 +44,7 @@ class Progress:
         self._last = self._t0
         self._bar = None
         if enabled and hasattr(self.stream, "isatty") and self.stream.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:  # the bundled train_gpt.py runs without tqdm: plain lines instead
-                tqdm = None
+            tqdm = _tqdm()
             if tqdm is not None:
                 self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True,
                                  unit_scale=True)
@@ -61,74 +80,15 @@ class Progress:
         self.close()
 
 
-class RunLogger:
-    """Rank-0 writer of a run directory: log.txt (human, greppable key:value lines), metrics.jsonl
-    (machine), JSON side files, and phase timings. On other ranks every method is a no-op.
-    """
-
-    def __init__(self, run_dir, is_main: bool = True, echo: bool = True):
-        from pathlib import Path
-
-        self.run_dir = Path(run_dir)
-        self.is_main = is_main
-        self.echo = echo
-        self.timings: dict[str, float] = {}
-        if is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            timings = self.run_dir / "timings.json"
-            if timings.is_file():  # a resumed run keeps the phases already measured
-                import json
-
-                self.timings = json.loads(timings.read_text())
-
-    def log(self, line: str) -> None:
-        if not self.is_main:
-            return
-        if self.echo:
-            print(line, flush=True)
-        with (self.run_dir / "log.txt").open("a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-
-    def metric(self, **fields) -> None:
-        if not self.is_main:
-            return
-        import json
-
-        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(fields, sort_keys=True) + "\n")
-
-    def write_json(self, name: str, obj) -> None:
-        if not self.is_main:
-            return
-        import json
-        import os
-
-        path = self.run_dir / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-
-    def timing(self, phase: str, seconds: float) -> None:
-        """Record a named phase's duration (seconds) in timings.json (accumulates across resumes)."""
-        self.timings[phase] = self.timings.get(phase, 0.0) + float(seconds)
-        self.write_json("timings.json", self.timings)
-
-
-    def set_timing(self, phase: str, seconds: float) -> None:
-        self.timings[phase] = float(seconds)
-        self.write_json("timings.json", self.timings)
-
-
 class PhaseTimer:
-    """`with PhaseTimer(logger, "train", device):` -> CUDA-synced wallclock of a phase into timings.json."""
+    """`with PhaseTimer(logger, "train", device):` -> CUDA-synced wallclock of a phase, passed to
+    logger.timing(phase, seconds) (a `rundir.RunLogger`: timings.json) when a logger is given."""
 
-    def __init__(self, logger: RunLogger | None, phase: str, device=None):
+    def __init__(self, logger, phase: str, device=None):
         self.logger, self.phase, self.device = logger, phase, device
         self.seconds = 0.0
 
     def _sync(self) -> None:
-        import torch
-
         if self.device is not None and getattr(self.device, "type", str(self.device)) == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -146,32 +106,25 @@ class PhaseTimer:
 
 def environment_fingerprint(device=None, world_size: int = 1) -> dict:
     """Versions, hardware and code identity for env.json and the log header."""
-    import platform
-    import subprocess
-
-    import numpy
-    import torch
-
-    import pgolf
-
     fp = {
         "pgolf": pgolf.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "platform": platform.platform(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "world_size": world_size,
         "cuda": torch.version.cuda,
         "device": str(device) if device is not None else "cpu",
     }
+    bundle = getattr(pgolf, "__bundle__", None)  # set by a bundled train_gpt.py: which exact file ran
+    if bundle:
+        fp["bundle"] = dict(bundle)
     if torch.cuda.is_available():
         fp["gpu"] = torch.cuda.get_device_name(0)
         fp["gpu_count"] = torch.cuda.device_count()
     try:
-        from pathlib import Path
-
         here = Path(pgolf.__file__).resolve().parent
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5)
@@ -180,3 +133,38 @@ def environment_fingerprint(device=None, world_size: int = 1) -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return fp
+
+
+def describe_hardware(env: dict | None) -> str:
+    """What an env.json says the run ran on: "8xNVIDIA H100 80GB HBM3", "cpu (2 cores)", ..."""
+    if not env:
+        return "unknown hardware (no env.json)"
+    ws = int(env.get("world_size") or 1)
+    if str(env.get("device", "cpu")).startswith("cuda") and env.get("gpu"):
+        return f"{ws}x{env['gpu']}"
+    return f"cpu ({env.get('cpu_count', '?')} cores)" + (f" x{ws} ranks" if ws > 1 else "")
+
+
+def hardware_matches(target: str, env: dict | None) -> bool:
+    """Whether env.json describes budget.target_hardware ('8xH100 SXM', '2-core CPU', 'any CPU'): a CPU
+    target needs no GPU (and that many cores when named); a GPU target needs that many ranks on a GPU
+    whose name contains the model (H100), and an SXM target refuses a PCIe card."""
+    if not env:
+        return False
+    gpu = env.get("gpu") if str(env.get("device", "cpu")).startswith("cuda") else None
+    t = (target or "").strip()
+    if re.search(r"\bcpu\b", t, re.I):
+        if gpu:
+            return False
+        cores = re.search(r"(\d+)\s*-?\s*cores?", t, re.I)
+        return cores is None or int(cores.group(1)) == int(env.get("cpu_count") or 0)
+    if not gpu:
+        return False
+    m = re.match(r"(\d+)\s*x\s*(.+)$", t, re.I)
+    count, name = (int(m.group(1)), m.group(2)) if m else (1, t)
+    key = re.search(r"[A-Za-z]+\d+\w*", name)
+    if key is None or key.group(0).lower() not in gpu.lower():
+        return False
+    if re.search(r"\bsxm\b", name, re.I) and re.search(r"pcie", gpu, re.I):
+        return False
+    return int(env.get("world_size") or 1) == count

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.config import SCORE_MODES, resolve
+from pgolf.config import SCORE_MODES
+from pgolf.presets import resolve
 from pgolf.runtime import DistEnv
 from pgolf.scoring.evaluate import EvalData, evaluate
 from tests.conftest import perturbed_tiny_model

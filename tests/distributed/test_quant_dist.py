@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pgolf.config import resolve
+from pgolf.presets import resolve
 from pgolf.quant.calib import hessian_inputs, self_generated_batches
 from pgolf.quant.hessian import collect_hessians
 from pgolf.runtime import DistEnv

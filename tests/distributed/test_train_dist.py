@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf.config import resolve
+from pgolf.presets import resolve
 from pgolf.runtime import DistEnv
 from pgolf.train.loop import Trainer
 from tests.distributed.helpers import spawn_gloo
@@ -27,7 +27,7 @@ def _train_rank(env, data, run_dir, steps):
     torch.set_num_threads(1)
     tr = Trainer(_cfg(data, 1), env, run_dir, progress=False, echo=False)
     losses = []
-    tr._setup()
+    tr.setup()
     for _ in range(steps):
         losses.append(float(tr.train_step(1.0, 0.95)))
     return [p.detach().clone() for p in tr.raw_model.parameters()], losses
@@ -39,7 +39,7 @@ def test_two_ranks_accum1_equals_one_rank_accum2(tmp_path, tiny_data):
     outs = spawn_gloo(2, _train_rank, data, str(tmp_path / "two"), steps, timeout=180)
     torch.set_num_threads(1)
     single = Trainer(_cfg(data, 2), DistEnv(), tmp_path / "one", progress=False, echo=False)
-    single._setup()
+    single.setup()
     losses = [float(single.train_step(1.0, 0.95)) for _ in range(steps)]
     (p0, l0), (p1, l1) = outs
     assert l0 == l1  # both ranks report the all-reduced global mean

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.audit.checks import CHECKS, add_audit_parser, audit, format_table
-from pgolf.config import resolve
 from pgolf.data.shards import list_shards, open_shard, write_shard
 from pgolf.pipeline import run_record
-from pgolf.quant.artifact import RUN_ARTIFACT
+from pgolf.presets import resolve
+from pgolf.rundir import ARTIFACT
 from pgolf.runtime import DistEnv
+from pgolf.tools.audit.checks import CHECKS, add_audit_parser, audit, format_table
 
 COMPLIANT = ("plain", "sliding", "slot", "ttt", "ttt+slot")
 
@@ -31,8 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     """Prepared data: 3 validation documents cut to 330 characters (~480 tokens), 120 training documents."""
-    from pgolf.data.docs import iter_docs
-    from pgolf.data.prepare import prepare
+    from pgolf.tools.data.docs import iter_docs
+    from pgolf.tools.data.prepare import prepare
 
     tmp = tmp_path_factory.mktemp("auditdata")
     docs = list(itertools.islice(iter_docs(["default"]), 263))
@@ -112,7 +112,7 @@ def test_every_compliant_mode_passes_every_check(compliant_run):
     led = check(report, "ledger")["evidence"]
     assert led["ttt"]["updates"] > 0 and led["ttt+slot"]["updates"] > 0
     bud = check(report, "budgets")["evidence"]
-    assert bud["artifact_bytes_on_disk"] == (compliant_run / RUN_ARTIFACT).stat().st_size
+    assert bud["artifact_bytes_on_disk"] == (compliant_run / ARTIFACT).stat().st_size
     assert bud["on_target"] is True and bud["measured_on"].startswith("cpu")
     data = check(report, "data")["evidence"]
     assert data["documents"]["overlap"] == 0 and data["shards"]["mismatched"] == []
@@ -139,7 +139,7 @@ def test_each_reference_mode_fails(small_data, tmp_path, mode, setting):
 def test_over_budget_artifact_fails(compliant_run, tmp_path):
     """The verdict is recomputed from the file on disk: a JSON claiming a small artifact does not help."""
     run = copy_run(compliant_run, tmp_path / "run")
-    size = (run / RUN_ARTIFACT).stat().st_size
+    size = (run / ARTIFACT).stat().st_size
 
     def small_limit(c):
         c["budget"]["artifact_bytes_limit"] = size  # code bytes come on top

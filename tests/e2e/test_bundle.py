@@ -22,7 +22,10 @@ import numpy as np
 import pytest
 from packaging.requirements import Requirement
 
-from pgolf.bundle import (
+from pgolf.config import ConfigError, config_hash, to_dict
+from pgolf.data.shards import list_shards, load_val_tokens, write_shard
+from pgolf.presets import resolve
+from pgolf.tools.bundle import (
     ALLOWED_THIRD_PARTY,
     BundleError,
     add_bundle_parser,
@@ -32,8 +35,6 @@ from pgolf.bundle import (
     scan_imports,
     tooling_in,
 )
-from pgolf.config import ConfigError, config_hash, resolve, to_dict
-from pgolf.data.shards import list_shards, load_val_tokens, write_shard
 
 VAL_TOKENS = 16_384
 """The bundle runs score a prefix of the tiny validation stream (the full one takes ~35 s to score on CPU)."""
@@ -165,13 +166,12 @@ def test_closure_is_computed_and_runtime_only():
     mods = set(b.modules)
     assert {"pgolf", "pgolf.pipeline", "pgolf.train.loop", "pgolf.quant.artifact", "pgolf.scoring.evaluate",
             "pgolf.runtime", "pgolf.presets", "pgolf.config", "pgolf.quant", "pgolf.train"} <= mods
-    assert not mods & {"pgolf.cli", "pgolf.bench", "pgolf.bundle", "pgolf.budget", "pgolf.__main__",
-                       "pgolf.data.prepare", "pgolf.data.fineweb", "pgolf.data.docs"}
-    assert not any(m.startswith("pgolf.audit") for m in mods)
+    assert not mods & {"pgolf.__main__", "pgolf.tools"}
+    assert not any(m.startswith("pgolf.tools") for m in mods)
     assert tooling_in(b.modules) == {}
     for info in b.modules.values():
         assert info.third_party_top <= ALLOWED_THIRD_PARTY, info.name
-    assert "zstandard" in b.modules["pgolf.quant.artifact"].third_party_lazy  # optional: recorded, not refused
+    assert "zstandard" in b.modules["pgolf.quant.codecs"].third_party_lazy  # optional: recorded, not refused
 
 
 def _fake_package(root: Path, files: dict[str, str]) -> Path:
@@ -292,16 +292,17 @@ def test_bundle_imports_and_config_without_pgolf(tmp_path, challenge_site):
     probe = f"""
 import inspect, json, os, runpy, sys, traceback
 g = runpy.run_path({str(bundle)!r}, run_name="bundle")
-import pgolf.config
-from pgolf.config import config_hash, resolve
-out = {{"file": pgolf.config.__file__, "src": "def resolve(" in inspect.getsource(resolve),
+import pgolf.presets
+from pgolf.config import config_hash
+from pgolf.presets import resolve
+out = {{"file": pgolf.presets.__file__, "src": "def resolve(" in inspect.getsource(resolve),
        "default": config_hash(g["bundle_config"]({{}})),
        "seed": g["bundle_config"]({{"SEED": "3", "PGOLF_TRAIN__ITERATIONS": "4"}}).seed,
        "iters": g["bundle_config"]({{"PGOLF_TRAIN__ITERATIONS": "4"}}).train.iterations,
        "ve": list(g["bundle_config"]({{}}).model.ve_layers),
        "other": list(g["bundle_config"]({{"PGOLF_PRESET": "cpu"}}).model.ve_layers)}}
 try:
-    import pgolf.cli
+    import pgolf.tools.cli
 except ModuleNotFoundError as e:
     out["cli"] = str(e)
 try:
@@ -317,12 +318,12 @@ print(json.dumps(out))
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.splitlines()[-1])
-    assert out["file"] == "<train_gpt.py>/pgolf/config.py" and out["src"]
+    assert out["file"] == "<train_gpt.py>/pgolf/presets.py" and out["src"]
     assert out["default"] == config_hash(cfg)
     assert out["seed"] == 3 and out["iters"] == 4 and out["ve"] == [0, 1]
     assert out["other"] == [2, 3]  # another preset: the bundled overrides (differences from tiny) do not apply
     assert "is not in this bundle" in out["cli"]
-    assert 'File "<train_gpt.py>/pgolf/config.py"' in out["tb"] and "raise _unknown_key(" in out["tb"]
+    assert 'File "<train_gpt.py>/pgolf/config/overrides.py"' in out["tb"] and "raise unknown_key(" in out["tb"]
     assert out["rc"] == 2 and not out["torch"]
     assert "train_gpt.py: error: unknown config key 'train.iteratons'" in r.stderr
     assert "did you mean train.iterations" in r.stderr

@@ -10,11 +10,13 @@ import shutil
 import numpy as np
 import pytest
 
-from pgolf.cli import main
 from pgolf.config import SCORE_MODES
-from pgolf.quant.artifact import RUN_ARTIFACT, quantize_model, save_model_artifact
+from pgolf.quant.artifact import save_model_artifact
+from pgolf.quant.schemes import quantize_model
+from pgolf.rundir import ARTIFACT, load_final_weights
 from pgolf.runtime import DistEnv
-from pgolf.scoring.evaluate import FLOAT_WEIGHTS_LABEL, load_run_model
+from pgolf.tools.cli import main
+from pgolf.tools.evaltool import FLOAT_WEIGHTS_LABEL
 from pgolf.train.loop import Trainer
 from tests.e2e.test_train import tiny_cfg
 
@@ -36,14 +38,14 @@ def run_dir(tmp_path_factory, tiny_data):
 @pytest.fixture(scope="module")
 def artifact_run(run_dir, tmp_path_factory):
     """A copy of the run with an RTN artifact.pgolf written beside its float weights."""
-    from pgolf.train.loop import load_run_config
+    from pgolf.rundir import load_config
 
     d = tmp_path_factory.mktemp("artrun") / "run"
     shutil.copytree(run_dir, d)
-    cfg = load_run_config(d)
-    model = load_run_model(d, cfg, DistEnv().device)
+    cfg = load_config(d)
+    model = load_final_weights(d, cfg, DistEnv().device)
     q = dataclasses.replace(cfg.quant, method="rtn")
-    save_model_artifact(d / RUN_ARTIFACT, model, quantize_model(model, q), q)
+    save_model_artifact(d / ARTIFACT, model, quantize_model(model, q), q)
     return d
 
 
@@ -97,7 +99,7 @@ def test_reference_modes_are_labelled_and_budget_reported(capsys, run_dir, tmp_p
 
 
 def test_budget_warning(capsys, run_dir, monkeypatch):
-    from pgolf.scoring import evaluate as ev
+    from pgolf.tools import stages as ev
 
     real = ev.evaluate
 
@@ -115,15 +117,15 @@ def test_budget_warning(capsys, run_dir, monkeypatch):
 
 def test_artifact_paths_agree(capsys, artifact_run, tiny_data):
     a = eval_json(capsys, "--run-dir", str(artifact_run), "--mode", "plain,sliding", "--max-val-tokens", "601")
-    assert a["plain"]["weights"] == f"artifact {artifact_run / RUN_ARTIFACT}"
+    assert a["plain"]["weights"] == f"artifact {artifact_run / ARTIFACT}"
     # --artifact + --data (a prepared root: the dataset and tokenizer are found from its layout)
-    b = eval_json(capsys, "--artifact", str(artifact_run / RUN_ARTIFACT), "--data", str(tiny_data["root"]),
+    b = eval_json(capsys, "--artifact", str(artifact_run / ARTIFACT), "--data", str(tiny_data["root"]),
                   "--preset", "tiny", "--mode", "plain,sliding", "--max-val-tokens", "601")
     for mode in ("plain", "sliding"):
         for k in ("nats", "targets", "bytes", "val_bpb"):
             assert a[mode][k] == b[mode][k], (mode, k)
     # ... and with an explicit dataset dir + tokenizer
-    c = eval_json(capsys, "--artifact", str(artifact_run / RUN_ARTIFACT), "--data", str(tiny_data["dataset_dir"]),
+    c = eval_json(capsys, "--artifact", str(artifact_run / ARTIFACT), "--data", str(tiny_data["dataset_dir"]),
                   "--tokenizer", str(tiny_data["tokenizer"]), "--preset", "tiny", "--mode", "plain",
                   "--max-val-tokens", "601")
     assert c["plain"]["nats"] == a["plain"]["nats"]
@@ -141,7 +143,7 @@ def test_usage_errors(capsys, run_dir, args, msg):
 
 
 def test_artifact_needs_data(capsys, artifact_run):
-    assert main(["eval", "--artifact", str(artifact_run / RUN_ARTIFACT)]) == 2
+    assert main(["eval", "--artifact", str(artifact_run / ARTIFACT)]) == 2
     assert "--artifact needs --data" in capsys.readouterr().err
 
 

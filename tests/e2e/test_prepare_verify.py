@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from pgolf.data.docs import DocsError, iter_docs
-from pgolf.data.prepare import PrepareError, prepare
 from pgolf.data.shards import load_val_tokens, open_shard
 from pgolf.data.tokenizer import load_tokenizer
-from pgolf.data.verify import verify
+from pgolf.tools.data.docs import DocsError, iter_docs
+from pgolf.tools.data.prepare import PrepareError, prepare
+from pgolf.tools.data.verify import verify
 from tests.conftest import shared_dir
 
 REF = shared_dir() / "reference"

@@ -6,11 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf.quant.artifact import RUN_ARTIFACT, dequantized_copy, load_artifact, read_artifact
-from pgolf.quant.run import HESSIANS_FILE, QuantizeError, quantize_run
+from pgolf.quant.artifact import dequantized_copy, load_artifact
+from pgolf.quant.container import read_artifact
+from pgolf.quant.stage import QuantizeError, quantize_run
+from pgolf.rundir import ARTIFACT, HESSIANS, load_config, load_final_weights
 from pgolf.runtime import DistEnv
-from pgolf.scoring.evaluate import evaluate, load_run_model
-from pgolf.train.loop import Trainer, load_run_config
+from pgolf.scoring.evaluate import evaluate
+from pgolf.train.loop import Trainer
 from tests.e2e.test_train import cli_sets, run_cli, tiny_cfg
 
 MAX_VAL = 4096
@@ -26,7 +28,7 @@ def tiny_run(tiny_data, tmp_path_factory):
 
 def test_quantize_run_writes_a_verified_artifact_and_summary(tiny_run):
     s = quantize_run(tiny_run, DistEnv(), code_bytes=12_345, progress=False, echo=False)
-    path = tiny_run / RUN_ARTIFACT
+    path = tiny_run / ARTIFACT
     assert s["artifact_bytes"] == path.stat().st_size and s["total_bytes"] == s["artifact_bytes"] + 12_345
     assert s["within_limit"] and s["compressor"] in s["compressed_sizes"]
     assert s["compressed_sizes"][s["compressor"]] == min(s["compressed_sizes"].values())
@@ -43,11 +45,11 @@ def test_quantize_run_writes_a_verified_artifact_and_summary(tiny_run):
 def test_scoring_the_reloaded_artifact_equals_the_in_memory_quantized_model(tiny_run):
     """What is scored is what ships: the BPB of load_artifact(file) equals the in-memory dequantized twin."""
     quantize_run(tiny_run, DistEnv(), progress=False, echo=False)
-    cfg = load_run_config(tiny_run)
-    _, tensors = read_artifact(tiny_run / RUN_ARTIFACT)
-    float_model = load_run_model(tiny_run, cfg, torch.device("cpu")).float()
+    cfg = load_config(tiny_run)
+    _, tensors = read_artifact(tiny_run / ARTIFACT)
+    float_model = load_final_weights(tiny_run, cfg, torch.device("cpu")).float()
     in_memory = dequantized_copy(float_model, tensors).eval()
-    from_disk = load_artifact(tiny_run / RUN_ARTIFACT)
+    from_disk = load_artifact(tiny_run / ARTIFACT)
     a = evaluate(in_memory, cfg, DistEnv(), modes=("plain", "sliding"), max_val_tokens=MAX_VAL)
     b = evaluate(from_disk, cfg, DistEnv(), modes=("plain", "sliding"), max_val_tokens=MAX_VAL)
     for m in ("plain", "sliding"):
@@ -59,7 +61,7 @@ def test_scoring_the_reloaded_artifact_equals_the_in_memory_quantized_model(tiny
 def test_pruning_reaches_a_target_below_the_unpruned_size(tiny_run):
     from dataclasses import replace
 
-    cfg = load_run_config(tiny_run)
+    cfg = load_config(tiny_run)
     cfg = replace(cfg, quant=replace(cfg.quant, compressor="lzma"))
     full = quantize_run(tiny_run, DistEnv(), progress=False, echo=False, cfg=cfg)["total_bytes"]
     target = full - 300
@@ -67,14 +69,14 @@ def test_pruning_reaches_a_target_below_the_unpruned_size(tiny_run):
     s = quantize_run(tiny_run, DistEnv(), progress=False, echo=False, cfg=cfg2)
     assert s["pruning"]["pruned"] > 0 and s["pruning"]["within_target"]
     assert s["total_bytes"] <= target
-    _, tensors = read_artifact(tiny_run / RUN_ARTIFACT)
+    _, tensors = read_artifact(tiny_run / ARTIFACT)
     assert sum(int((t[1] == 0).sum()) for t in tensors.values() if t[0] == "gptq_int6") >= s["pruning"]["pruned"]
 
 
 def test_over_budget_is_reported_and_refused(tiny_run):
     from dataclasses import replace
 
-    cfg = load_run_config(tiny_run)
+    cfg = load_config(tiny_run)
     cfg2 = replace(cfg, budget=replace(cfg.budget, artifact_bytes_limit=1000),
                    quant=replace(cfg.quant, prune_target_bytes=900, compressor="lzma"))
     s = quantize_run(tiny_run, DistEnv(), progress=False, echo=False, cfg=cfg2)
@@ -93,15 +95,15 @@ def test_train_calibration_runs_inside_the_reserved_wallclock(tiny_data, tmp_pat
     # machine can stretch one step, hence no tighter bound)
     assert 2.0 <= summary["train_seconds"] < 4.0
     assert summary["charged_seconds"] == pytest.approx(summary["train_seconds"] + summary["calib_seconds"])
-    assert (tmp_path / HESSIANS_FILE).is_file()
+    assert (tmp_path / HESSIANS).is_file()
     log = (tmp_path / "log.txt").read_text()
     assert "calibration_reserve:2.0s training_cap:2.0s" in log and "calibration: 4 training sequences" in log
-    assert "tok_emb" in torch.load(tmp_path / HESSIANS_FILE, weights_only=True)  # the tied head's Hessian too
+    assert "tok_emb" in torch.load(tmp_path / HESSIANS, weights_only=True)  # the tied head's Hessian too
     s = quantize_run(tmp_path, DistEnv(), progress=False, echo=False)
     assert s["calibration"]["source"] == "train"
-    _, tensors = read_artifact(tmp_path / RUN_ARTIFACT)
+    _, tensors = read_artifact(tmp_path / ARTIFACT)
     assert tensors["tok_emb"][0] == "gptq_int8" and tensors["bigram.table"][0] == "pctl_int8"
-    (tmp_path / HESSIANS_FILE).unlink()
+    (tmp_path / HESSIANS).unlink()
     with pytest.raises(QuantizeError, match="calib_source=train needs hessians.pt"):
         quantize_run(tmp_path, DistEnv(), progress=False, echo=False)
 
@@ -115,13 +117,13 @@ def test_cli_quantize_budget_and_eval_from_the_artifact(tiny_run):
     assert f"= {s['artifact_bytes'] + 5000:,} bytes" in r.stdout and "valid" in r.stdout
     r = run_cli(["budget", "--run-dir", str(tiny_run), "--code-bytes", "15999000"])
     assert r.returncode == 1 and "INVALID: over the limit" in r.stdout
-    data = bytearray((tiny_run / RUN_ARTIFACT).read_bytes())
+    data = bytearray((tiny_run / ARTIFACT).read_bytes())
     data[len(data) // 2] ^= 0x10
     bad = Path(tiny_run) / "bad"
     bad.mkdir(exist_ok=True)
     for name in ("config.json",):
         (bad / name).write_bytes((tiny_run / name).read_bytes())
-    (bad / RUN_ARTIFACT).write_bytes(bytes(data))
+    (bad / ARTIFACT).write_bytes(bytes(data))
     r = run_cli(["budget", "--run-dir", str(bad), "--code-bytes", "0"])
     assert r.returncode == 1 and "checksum mismatch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
@@ -134,7 +136,7 @@ def test_pipeline_run_record_scores_the_artifact(tiny_data, tmp_path):
     res = run_record(cfg, DistEnv(), tmp_path, code_bytes=777, progress=False, echo=False)
     assert res["code_bytes"] == 777 and res["total_bytes"] == res["artifact_bytes"] + 777
     r = res["modes"]["plain"]
-    m = load_artifact(tmp_path / RUN_ARTIFACT)
+    m = load_artifact(tmp_path / ARTIFACT)
     again = evaluate(m, cfg, DistEnv(), modes=("plain",), max_val_tokens=MAX_VAL)["plain"]
     assert again["val_bpb"] == r["val_bpb"]
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -153,17 +155,17 @@ def test_run_record_resume_skips_finished_stages(tiny_data, tmp_path):
     first = run_record(cfg, DistEnv(), tmp_path, progress=False, echo=False, resume=True)
     assert run_record(cfg, DistEnv(), tmp_path, progress=False, echo=False, resume=True) == first
     (tmp_path / "results.json").unlink()
-    art = (tmp_path / RUN_ARTIFACT).read_bytes()
+    art = (tmp_path / ARTIFACT).read_bytes()
     again = run_record(cfg, DistEnv(), tmp_path, progress=False, echo=False, resume=True)
     log = (tmp_path / "log.txt").read_text()
     assert log.count("train_done") == 1 and log.count("Total submission size") == 1  # neither redone
-    assert (tmp_path / RUN_ARTIFACT).read_bytes() == art
+    assert (tmp_path / ARTIFACT).read_bytes() == art
     assert again["modes"]["plain"]["val_bpb"] == first["modes"]["plain"]["val_bpb"]
     other = tiny_cfg(tiny_data, "train.iterations=7", "train.val_every=0", "score.modes=plain",
                      f"score.max_val_tokens={MAX_VAL}")
-    from pgolf.pipeline import _finished
+    from pgolf.rundir import Run
 
-    assert not _finished(tmp_path, other, "results.json")  # another config never reuses a stage
+    assert not Run(tmp_path).stage_done(other, "results.json")  # another config never reuses a stage
 
 
 def test_cli_run_seeds_refuses_run_dir(tiny_data, tmp_path):

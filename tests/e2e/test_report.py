@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from pgolf.report import PLOT_DPI, PLOT_FILES, PLOT_SIZE, add_report_parser, png_size
+from pgolf.tools.report import PLOT_DPI, PLOT_FILES, PLOT_SIZE, add_report_parser, png_size
 from tests.unit.test_report import make_run
 
 SECTION_9_3 = ("author", "github_id", "name", "blurb", "date", "val_loss", "val_bpb", "bytes_total", "bytes_code",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf.config import resolve
+from pgolf.presets import resolve
 from pgolf.runtime import DistEnv
 from pgolf.train.loop import Trainer
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.config import resolve
 from pgolf.model.gpt import GPT
 from pgolf.model.kernels import select_attention
 from pgolf.optim.muon import newton_schulz5
+from pgolf.presets import resolve
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pgolf.config import to_dict
 from pgolf.presets import tiny
-from pgolf.quant import artifact as art
+from pgolf.quant import artifact, codecs, container
 from pgolf.quant.grid import row_clip_quantize, rtn_quantize
 
 FUZZ = settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -34,11 +34,11 @@ def _tensors() -> dict:
 def files(tmp_path_factory) -> dict[str, bytes]:
     d = tmp_path_factory.mktemp("fuzz")
     out = {}
-    for c in art.COMPRESSORS:
+    for c in codecs.COMPRESSORS:
         p = d / f"{c}.pgart"
-        art.write_artifact(p, to_dict(tiny().model), _tensors(), c, layout="int6p" if c == "zstd" else "int8")
+        container.write_artifact(p, to_dict(tiny().model), _tensors(), c, layout="int6p" if c == "zstd" else "int8")
         out[c] = p.read_bytes()
-        art.read_artifact(p)  # the pristine file reads
+        container.read_artifact(p)  # the pristine file reads
     return out
 
 
@@ -47,8 +47,8 @@ def _expect_artifact_error(tmp_path, blob: bytes) -> str:
     p.write_bytes(blob)
     tracemalloc.start()
     try:
-        with pytest.raises(art.ArtifactError) as ei:
-            art.read_artifact(p)
+        with pytest.raises(container.ArtifactError) as ei:
+            container.read_artifact(p)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -63,11 +63,11 @@ def _resign(blob: bytes, manifest: dict | None = None, payload: bytes | None = N
     _, version, mlen, plen = struct.unpack_from("<8sHIQ", blob)
     mbytes = blob[54:54 + mlen] if manifest is None else json.dumps(manifest).encode()
     body = blob[54 + mlen:] if payload is None else payload
-    fixed = struct.pack("<8sHIQ", art.MAGIC, version, len(mbytes), len(body))
+    fixed = struct.pack("<8sHIQ", container.MAGIC, version, len(mbytes), len(body))
     return fixed + hashlib.sha256(fixed + mbytes + body).digest() + mbytes + body
 
 
-compressors = st.sampled_from(art.COMPRESSORS)
+compressors = st.sampled_from(codecs.COMPRESSORS)
 
 
 @FUZZ
@@ -146,9 +146,9 @@ def test_signed_decompression_bomb_is_bounded(tmp_path, files):
     blob = files["zstd"]
     mlen = struct.unpack_from("<I", blob, 10)[0]
     m = json.loads(blob[54:54 + mlen])
-    for c in art.COMPRESSORS:
+    for c in codecs.COMPRESSORS:
         m["compressor"] = c
-        bomb = art.compress(b"\0" * 5_000_000, c)  # 5 MB of zeros, a few hundred bytes compressed
+        bomb = codecs.compress(b"\0" * 5_000_000, c)  # 5 MB of zeros, a few hundred bytes compressed
         _expect_artifact_error(tmp_path, _resign(blob, manifest=m, payload=bomb))
 
 
@@ -158,13 +158,13 @@ def test_load_artifact_refuses_a_config_that_disagrees(tmp_path, files):
     m = json.loads(blob[54:54 + mlen])
     p = tmp_path / "x.pgart"
     p.write_bytes(blob)
-    with pytest.raises(art.ArtifactError, match="does not match the stored tensors"):
-        art.load_artifact(p)  # the synthetic tensors are not a GPT
+    with pytest.raises(container.ArtifactError, match="does not match the stored tensors"):
+        artifact.load_artifact(p)  # the synthetic tensors are not a GPT
     m["model"]["vocab_size"] = 10**9
     p.write_bytes(_resign(blob, manifest=m))
-    with pytest.raises(art.ArtifactError, match="invalid model config"):
-        art.load_artifact(p)
+    with pytest.raises(container.ArtifactError, match="invalid model config"):
+        artifact.load_artifact(p)
     m["model"] = {"no_such_key": 1}
     p.write_bytes(_resign(blob, manifest=m))
-    with pytest.raises(art.ArtifactError, match="invalid model config"):
-        art.load_artifact(p)
+    with pytest.raises(container.ArtifactError, match="invalid model config"):
+        artifact.load_artifact(p)

@@ -13,12 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgolf.config import SCORE_MODES, resolve
+from pgolf.config import SCORE_MODES
 from pgolf.data.tokenizer import ByteLUTs, target_bytes
-from pgolf.runtime import DistEnv
+from pgolf.presets import resolve
+from pgolf.runtime import DistEnv, rank_share
 from pgolf.scoring.evaluate import EvalData, evaluate, mode_plan, rank_window_count
 from pgolf.scoring.slot import rank_segments, segments
-from pgolf.scoring.ttt import chunk_windows, rank_share
+from pgolf.scoring.ttt import chunk_windows
 from tests.conftest import perturbed_tiny_model
 from tests.unit.test_slot import make_data
 

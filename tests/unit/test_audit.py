@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pgolf.audit.causality import probe_mode, probe_points, run_mode
-from pgolf.audit.checks import Run, ValData, check_budgets, check_data, ledger_problems, on_target_hardware
-from pgolf.config import resolve
 from pgolf.data.shards import write_shard
+from pgolf.presets import resolve
 from pgolf.runtime import DistEnv
 from pgolf.scoring.evaluate import mode_plan
+from pgolf.tools.audit.causality import probe_mode, probe_points, run_mode
+from pgolf.tools.audit.checks import Run, ValData, check_budgets, check_data, ledger_problems, on_target_hardware
 from tests.conftest import perturbed_tiny_model
 from tests.unit.test_causality import SETS
 from tests.unit.test_slot import make_data

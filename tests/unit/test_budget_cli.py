@@ -1,6 +1,6 @@
 import json
 
-from pgolf.cli import main
+from pgolf.tools.cli import main
 
 
 def test_budget_record_exact(capsys, clean_env):
@@ -21,7 +21,7 @@ def test_budget_text(capsys, clean_env):
 
 
 def test_verbs_in_help(capsys):
-    from pgolf.cli import build_parser
+    from pgolf.tools.cli import build_parser
 
     verbs = set(build_parser()._subparsers._group_actions[0].choices)
     assert verbs == {"config", "data", "train", "eval", "budget", "bench", "quantize", "run", "bundle", "audit",

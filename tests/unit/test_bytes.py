@@ -9,11 +9,11 @@ from pgolf.data.tokenizer import (
     build_byte_luts,
     load_tokenizer,
     luts_to_torch,
-    normalized_text,
     stream_target_bytes,
     target_bytes,
     target_bytes_torch,
 )
+from pgolf.tools.data.spm import normalized_text
 from tests.conftest import shared_dir
 
 REF_TOKENIZER = shared_dir() / "reference" / "tokenizers" / "fineweb_1024_bpe.model"

@@ -12,7 +12,7 @@ score.ttt.mode=prequant) move some of them, and the last test shows it.
 import numpy as np
 import pytest
 
-from pgolf.config import resolve
+from pgolf.presets import resolve
 from pgolf.runtime import DistEnv
 from pgolf.scoring.evaluate import EvalData, evaluate
 from tests.conftest import perturbed_tiny_model

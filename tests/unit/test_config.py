@@ -3,20 +3,9 @@ import json
 
 import pytest
 
-from pgolf.cli import main
-from pgolf.config import (
-    LEGACY_ENV,
-    ConfigError,
-    RunConfig,
-    config_hash,
-    diff,
-    flatten,
-    from_dict,
-    known_keys,
-    resolve,
-    to_dict,
-)
-from pgolf.presets import PRESETS, get_preset
+from pgolf.config import LEGACY_ENV, ConfigError, RunConfig, config_hash, diff, flatten, from_dict, known_keys, to_dict
+from pgolf.presets import PRESETS, get_preset, resolve
+from pgolf.tools.cli import main
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -24,13 +24,8 @@ import huggingface_hub
 import numpy as np
 import pytest
 
-from pgolf.data.fineweb import (
-    DEFAULT_REPO,
-    FinewebError,
-    defaults_from_env,
-    download_fineweb,
-)
 from pgolf.data.shards import read_header, write_shard
+from pgolf.tools.data.fineweb import DEFAULT_REPO, FinewebError, defaults_from_env, download_fineweb
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 N_VAL, N_TRAIN = 2, 5

@@ -77,9 +77,10 @@ def test_prune_on_real_compressed_sizes(tmp_path):
     """With a target between the pruned and unpruned artifact sizes, the result fits and is minimal-ish."""
     from dataclasses import replace
 
-    from pgolf.config import resolve
     from pgolf.model.roles import roles_by_name
-    from pgolf.quant.artifact import encode_artifact, quantize_model
+    from pgolf.presets import resolve
+    from pgolf.quant.container import encode_artifact
+    from pgolf.quant.schemes import quantize_model
 
     cfg, _ = resolve("tiny", [], env={})
     model = perturbed_tiny_model().float()
@@ -100,8 +101,8 @@ def test_prune_on_real_compressed_sizes(tmp_path):
 
 
 def test_entropy_model_matches_a_direct_recount():
-    from pgolf.quant.artifact import entropy_bytes
     from pgolf.quant.prune import EntropyModel
+    from pgolf.quant.schemes import entropy_bytes
 
     t = _tensors(3)
     names, tid, flat, val = prune_candidates(t, 6)
@@ -123,7 +124,7 @@ def test_rank_batches_cover_every_sequence_once():
 
 
 def test_self_generated_sequences_are_seeded_and_world_size_invariant():
-    from pgolf.config import resolve
+    from pgolf.presets import resolve
 
     cfg, _ = resolve("tiny", ["quant.calib_seqs=5", "quant.calib_batch=2", "quant.calib_seq_len=12"], env={})
     model = perturbed_tiny_model().float()

@@ -5,10 +5,10 @@ import json
 
 import torch
 
-from pgolf.config import resolve
 from pgolf.model.gpt import GPT
 from pgolf.model.layers import fake_quant_ste
 from pgolf.model.roles import Role, role_of
+from pgolf.presets import resolve
 from pgolf.runtime import DistEnv
 from pgolf.train.loop import Trainer
 

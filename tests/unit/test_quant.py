@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgolf.config import to_dict
+from pgolf.config import model_from_dict, to_dict
 from pgolf.model.gpt import GPT
 from pgolf.model.layers import rms_norm
 from pgolf.model.roles import Role, roles_by_name
 from pgolf.presets import tiny
-from pgolf.quant import artifact as art
+from pgolf.quant import artifact, codecs, container, schemes
 from pgolf.quant.grid import (
     EMBED_QUANTILE,
     FP16_TINY,
@@ -175,7 +175,7 @@ def _tiny_model(seed: int = 0) -> GPT:
 def rtn_tensors():
     m = _tiny_model()
     qc = replace(tiny().quant, method="rtn")
-    return m, art.quantize_model(m, qc, None)
+    return m, schemes.quantize_model(m, qc, None)
 
 
 def test_every_parameter_gets_exactly_one_scheme_by_role(rtn_tensors):
@@ -187,7 +187,7 @@ def test_every_parameter_gets_exactly_one_scheme_by_role(rtn_tensors):
     for name, entry in tensors.items():
         assert entry[0] == want[roles[name]], name
     bits = tiny().quant
-    m7 = art.quantize_model(m, replace(bits, method="rtn", matrix_bits=7, embed_bits=6, clip="sdclip"))
+    m7 = schemes.quantize_model(m, replace(bits, method="rtn", matrix_bits=7, embed_bits=6, clip="sdclip"))
     assert {e[0] for n, e in m7.items() if roles[n] is Role.MATRIX} == {"rtn_int7"}
     assert {e[0] for n, e in m7.items() if roles[n] is Role.EMBED} == {"sdclip_int6"}
 
@@ -197,11 +197,11 @@ def test_quantize_model_uses_gptq_with_hessians():
     idx = torch.randint(0, m.cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
     H = collect_hessians(m, [idx])
     qc = tiny().quant
-    t = art.quantize_model(m, qc, H)
+    t = schemes.quantize_model(m, qc, H)
     roles = roles_by_name(m)
     assert {e[0] for n, e in t.items() if roles[n] is Role.MATRIX} == {"gptq_int6"}
     partial = {k: v for i, (k, v) in enumerate(H.items()) if i > 0}
-    t2 = art.quantize_model(m, qc, partial)  # no Hessian for the first matrix: RTN for it alone
+    t2 = schemes.quantize_model(m, qc, partial)  # no Hessian for the first matrix: RTN for it alone
     first = next(iter(H))
     assert t2[first][0] == "rtn_int6"
 
@@ -210,28 +210,28 @@ def test_quantize_model_uses_gptq_with_hessians():
 def test_write_read_round_trip(tmp_path, rtn_tensors, layout):
     m, tensors = rtn_tensors
     p = tmp_path / "m.pgart"
-    n = art.write_artifact(p, to_dict(m.cfg), tensors, "zstd", roles=roles_by_name(m), layout=layout)
-    assert n == p.stat().st_size == art.artifact_bytes(p)
-    manifest, back = art.read_artifact(p)
+    n = container.write_artifact(p, to_dict(m.cfg), tensors, "zstd", roles=roles_by_name(m), layout=layout)
+    assert n == p.stat().st_size == container.artifact_bytes(p)
+    manifest, back = container.read_artifact(p)
     assert manifest["format_version"] == 1 and manifest["compressor"] == "zstd"
     assert manifest["schemes"]["matrix"] == ["rtn_int6"] and manifest["schemes"]["scalar"] == ["fp16"]
     assert set(back) == set(tensors)
     for name, entry in tensors.items():
         got = back[name]
-        assert got[0] == entry[0] and len(got) == len(entry)
+        assert got.scheme == entry.scheme and (got.scale is None) == (entry.scale is None)
         for a, b in zip(entry[1:], got[1:]):
-            assert a.dtype == b.dtype and torch.equal(a, b), name
-    assert art.model_config_from_dict(manifest["model"]) == m.cfg
+            assert (a is None and b is None) or (a.dtype == b.dtype and torch.equal(a, b)), name
+    assert model_from_dict(manifest["model"], "test") == m.cfg
 
 
 def test_load_artifact_reproduces_in_memory_logits_exactly(tmp_path, rtn_tensors):
     m, tensors = rtn_tensors
     p = tmp_path / "m.pgart"
-    art.save_model_artifact(p, m, tensors, replace(tiny().quant, compressor="lzma"))
+    artifact.save_model_artifact(p, m, tensors, replace(tiny().quant, compressor="lzma"))
     state = torch.random.get_rng_state()
-    loaded = art.load_artifact(p)
+    loaded = artifact.load_artifact(p)
     assert torch.equal(state, torch.random.get_rng_state())  # rebuilding does not disturb the caller's RNG
-    in_mem = art.dequantized_copy(m, tensors).eval()
+    in_mem = schemes.dequantized_copy(m, tensors).eval()
     idx = torch.randint(0, m.cfg.vocab_size, (2, 48), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         a, b = in_mem(idx), loaded(idx)
@@ -243,34 +243,34 @@ def test_load_artifact_reproduces_in_memory_logits_exactly(tmp_path, rtn_tensors
 def test_each_compressor_round_trips_and_auto_picks_smallest(tmp_path, rtn_tensors):
     m, tensors = rtn_tensors
     sizes = {}
-    for c in art.COMPRESSORS:
+    for c in codecs.COMPRESSORS:
         p = tmp_path / f"{c}.pgart"
-        sizes[c] = art.write_artifact(p, to_dict(m.cfg), tensors, c)
-        manifest, back = art.read_artifact(p)
+        sizes[c] = container.write_artifact(p, to_dict(m.cfg), tensors, c)
+        manifest, back = container.read_artifact(p)
         assert manifest["compressor"] == c
         assert all(torch.equal(back[k][1], tensors[k][1]) for k in tensors)
     p = tmp_path / "auto.pgart"
-    n = art.write_artifact(p, to_dict(m.cfg), tensors, "auto")
-    manifest, _ = art.read_artifact(p)
-    best = min(art.COMPRESSORS, key=lambda c: manifest["compressed_sizes"][c])
+    n = container.write_artifact(p, to_dict(m.cfg), tensors, "auto")
+    manifest, _ = container.read_artifact(p)
+    best = min(codecs.COMPRESSORS, key=lambda c: manifest["compressed_sizes"][c])
     assert manifest["compressor"] == best
     assert n == min(sizes.values()) + (n - sizes[best])  # same payload, only the manifest differs
     assert manifest["compressed_sizes"][best] == min(manifest["compressed_sizes"].values())
     with pytest.raises(ValueError):
-        art.compress(b"x", "gzip")
+        codecs.compress(b"x", "gzip")
 
 
 def test_reader_errors_are_one_line_and_name_the_file(tmp_path, rtn_tensors):
     m, tensors = rtn_tensors
     p = tmp_path / "m.pgart"
-    art.write_artifact(p, to_dict(m.cfg), tensors, "zstd")
+    container.write_artifact(p, to_dict(m.cfg), tensors, "zstd")
     data = p.read_bytes()
 
     def err(blob: bytes) -> str:
         q = tmp_path / "bad.pgart"
         q.write_bytes(blob)
-        with pytest.raises(art.ArtifactError) as ei:
-            art.read_artifact(q)
+        with pytest.raises(container.ArtifactError) as ei:
+            container.read_artifact(q)
         msg = str(ei.value)
         assert "\n" not in msg and str(q) in msg
         return msg
@@ -283,13 +283,13 @@ def test_reader_errors_are_one_line_and_name_the_file(tmp_path, rtn_tensors):
     flipped = bytearray(data)
     flipped[-5] ^= 0x10
     assert "checksum" in err(bytes(flipped))
-    with pytest.raises(art.ArtifactError, match="cannot open"):
-        art.read_artifact(tmp_path / "missing.pgart")
+    with pytest.raises(container.ArtifactError, match="cannot open"):
+        container.read_artifact(tmp_path / "missing.pgart")
 
 
 def test_entropy_bound(rtn_tensors):
     _, tensors = rtn_tensors
-    e = art.entropy_bytes(tensors)
+    e = schemes.entropy_bytes(tensors)
     n_sym = sum(t[1].numel() for t in tensors.values() if t[0] != "fp16")
     assert 0 < e["symbols"] <= n_sym  # at most 8 bits per symbol
     assert e["total"] == e["symbols"] + e["scales"] + e["passthrough"]
@@ -370,10 +370,10 @@ def test_head_gptq_lowers_the_head_output_error_and_round_trips(tmp_path):
     batches = [torch.randint(0, m.cfg.vocab_size, (4, 32), generator=g) for _ in range(2)]
     H = collect_hessians(m, batches, head=True)
     qc = replace(tiny().quant, method="gptq", head_gptq=True, head_damp=0.01)
-    t = art.quantize_model(m, qc, H)
+    t = schemes.quantize_model(m, qc, H)
     assert t["tok_emb"][0] == f"gptq_int{qc.embed_bits}"
     assert t["bigram.table"][0] == f"pctl_int{qc.embed_bits}"  # lookups only: the original RTN
-    off = art.quantize_model(m, replace(qc, head_gptq=False), H)
+    off = schemes.quantize_model(m, replace(qc, head_gptq=False), H)
     assert off["tok_emb"][0] == f"pctl_int{qc.embed_bits}"
     assert all(torch.equal(t[n][1], off[n][1]) for n in t if n != "tok_emb")  # nothing else changes
     W, Hh = m.tok_emb.detach().double(), H["tok_emb"].double()
@@ -384,8 +384,8 @@ def test_head_gptq_lowers_the_head_output_error_and_round_trips(tmp_path):
 
     assert out_err(t["tok_emb"]) < 0.8 * out_err(off["tok_emb"])
     path = tmp_path / "h.pgolf"
-    art.save_model_artifact(path, m, t, qc)
-    back = dict(art.load_artifact(path, torch.device("cpu")).named_parameters())
+    artifact.save_model_artifact(path, m, t, qc)
+    back = dict(artifact.load_artifact(path, torch.device("cpu")).named_parameters())
     assert torch.equal(back["tok_emb"].detach(), dequantize(t["tok_emb"][1], t["tok_emb"][2]))
 
 
@@ -395,5 +395,5 @@ def test_lzma_payload_whose_declared_dictionary_is_rounded_up_decodes():
     exceeded"). The decoder's memory limit must allow the rounded size."""
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 4, 2**22 + 1, dtype=np.uint8).tobytes()
-    blob = art.compress(raw, "lzma")
-    assert art.decompress(blob, "lzma", len(raw)) == raw
+    blob = codecs.compress(raw, "lzma")
+    assert codecs.decompress(blob, "lzma", len(raw)) == raw

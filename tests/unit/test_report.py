@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from pgolf.config import ConfigError, config_hash, resolve, to_dict
-from pgolf.report import (
+from pgolf.config import ConfigError, config_hash, to_dict
+from pgolf.presets import resolve
+from pgolf.tools.report import (
     NOT_AUDITED,
     audit_status,
     baseline_from_submission,
@@ -219,7 +220,7 @@ def test_audit_status_is_tolerant():
 
 
 def test_target_hardware():
-    from pgolf.report import _on_target
+    from pgolf.tools.report import _on_target
 
     h100 = {"gpu": "NVIDIA H100 80GB HBM3", "world_size": 8}
     assert _on_target(h100, "8xH100 SXM") and not _on_target(h100 | {"world_size": 1}, "8xH100 SXM")

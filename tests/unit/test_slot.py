@@ -10,9 +10,10 @@ from pgolf.config import SlotConfig
 from pgolf.data.tokenizer import ByteLUTs, luts_to_torch
 from pgolf.runtime import DistEnv
 from pgolf.scoring.bpb import ScoreAccumulator
+from pgolf.scoring.modes import SHARED_SLOT, SLOT_COMPLIANT, noncompliant
 from pgolf.scoring.plan import sliding_plan
 from pgolf.scoring.sliding import score_windows
-from pgolf.scoring.slot import COMPLIANT_LABEL, NONCOMPLIANT_LABEL, SlotRunner, score_slot, segments
+from pgolf.scoring.slot import SlotRunner, score_slot, segments
 from tests.conftest import perturbed_tiny_model
 from tests.distributed.helpers import spawn_gloo
 
@@ -73,7 +74,7 @@ def test_flip_leaves_earlier_targets_identical(setup, name):
     model, stream, luts_t, plan = setup
     cfg = CAUSAL_CFGS[name]
     _, info, base = run(model, stream, plan, luts_t, cfg, warm_segments=2)
-    assert info["compliant"] is True and info["label"] == COMPLIANT_LABEL
+    assert info["compliant"] is True and info["label"] == SLOT_COMPLIANT
     assert info["adapt_nll_after"] < info["adapt_nll_before"]  # the fit does something
     for m in FLIPS:
         _, _, nll = run(model, flipped(stream, m), plan, luts_t, cfg, warm_segments=2)
@@ -87,7 +88,7 @@ def test_shared_reference_mode_leaks(setup):
     cfg = SlotConfig(phase_iters=(5, 18), phase_history=(10, 20), phase_alpha=(0.0, 0.0), focal=FOCAL,
                      coupling="shared")
     _, info, base = run(model, stream, plan, luts_t, cfg, warm_segments=2)
-    assert info["compliant"] is False and info["label"] == NONCOMPLIANT_LABEL
+    assert info["compliant"] is False and info["label"] == noncompliant(SHARED_SLOT)
     # target 128 is window 6's first scored target and inside window 7's adaptation range (same batch):
     # flipping it moves the shared delta and so the scores of windows 4-6, i.e. EARLIER targets
     m = 129

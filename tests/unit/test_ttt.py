@@ -7,9 +7,10 @@ import torch
 
 from pgolf.config import ScoreConfig, SlidingConfig, SlotConfig, TTTConfig
 from pgolf.runtime import DistEnv
+from pgolf.scoring.modes import PREQUANT_TTT, noncompliant
 from pgolf.scoring.plan import sliding_plan
 from pgolf.scoring.sliding import score_windows
-from pgolf.scoring.ttt import PREQUANT_LABEL, audit_ledger, block_lr_mults, chunk_windows, score_ttt
+from pgolf.scoring.ttt import audit_ledger, block_lr_mults, chunk_windows, score_ttt
 from tests.distributed.helpers import spawn_gloo
 from tests.unit.test_slot import BW, FOCAL, S, T, flipped, make_data, make_model
 
@@ -97,7 +98,7 @@ def test_prequant_reference_fails_audit_and_flip(setup):
     model, stream, luts_t, plan = setup
     cfg = score_cfg(mode="prequant")
     _, info, base = run(model, stream, plan, luts_t, cfg)
-    assert info["compliant"] is False and info["label"] == PREQUANT_LABEL
+    assert info["compliant"] is False and info["label"] == noncompliant(PREQUANT_TTT)
     assert len(audit_ledger(info["ledger"], plan)) > 0
     m = 250
     _, _, nll = run(model, flipped(stream, m), plan, luts_t, cfg)

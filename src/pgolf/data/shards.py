@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pgolf.errors import PgolfError
+
 MAGIC = 20240520
 VERSION = 1
 HEADER_INTS = 256
@@ -26,7 +28,7 @@ TOKEN_DTYPE = np.dtype("<u2")
 SPLITS = ("train", "val")
 
 
-class ShardError(ValueError):
+class ShardError(PgolfError, ValueError):
     """A shard that cannot be used; `str()` is a one-line message naming file, offset and problem."""
 
     def __init__(self, path: str | os.PathLike, problem: str, offset: int | None = None):

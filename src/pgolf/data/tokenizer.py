@@ -1,6 +1,6 @@
 """SentencePiece tokenizer: the challenge's training settings and its byte lookup tables.
 
-Bits per byte charges each scored target y_t (preceded by input token x_t) with (STACK.md 1.5)::
+Bits per byte charges each scored target y_t (preceded by input token x_t) with (docs/DESIGN.md#data-bytes)::
 
     bytes_t = base_bytes[y_t] + (1 if has_leading_space[y_t] and not is_boundary[x_t] else 0)
 
@@ -17,38 +17,23 @@ single implementation of the rule; every scorer and `pgolf data verify` call it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import sentencepiece as spm
+import torch
+
+from pgolf.errors import PgolfError
 
 SPACE = "\u2581"
 
-# The challenge's SentencePiece settings (data/download_hf_docs_and_tokenize.py, STACK.md 1.4).
-CHALLENGE_SP_SETTINGS = dict(
-    model_type="bpe",
-    character_coverage=0.999,
-    byte_fallback=True,
-    split_digits=True,
-    normalization_rule_name="nmt_nfkc",
-    add_dummy_prefix=False,
-    pad_id=0,
-    bos_id=1,
-    eos_id=2,
-    unk_id=3,
-    hard_vocab_limit=False,
-)
-
-
-class TokenizerError(ValueError):
-    pass
+class TokenizerError(PgolfError, ValueError):
+    """A tokenizer that cannot be loaded or used; one line naming the file."""
 
 
 def load_tokenizer(path: str | os.PathLike):
     """Load a SentencePiece model, with a one-line error naming the file on failure."""
-    import sentencepiece as spm
-
     p = Path(path)
     if not p.is_file():
         raise TokenizerError(f"{p}: tokenizer model not found")
@@ -56,35 +41,6 @@ def load_tokenizer(path: str | os.PathLike):
         return spm.SentencePieceProcessor(model_file=str(p))
     except Exception as exc:  # sentencepiece raises OSError/RuntimeError with long messages
         raise TokenizerError(f"{p}: not a SentencePiece model ({type(exc).__name__})") from None
-
-
-def trainer_text(text: str) -> str:
-    """What the challenge feeds the tokenizer trainer for one document (NULs to spaces, stripped)."""
-    return text.replace("\x00", " ").strip()
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int, model_prefix: str | os.PathLike,
-                    num_threads: int | None = None) -> Path:
-    """Train a BPE model with the challenge's settings; returns the .model path.
-
-    Like the challenge's exporter, every document (validation included, in file order) is a
-    training sentence after `trainer_text`; empty ones are skipped. SentencePiece itself skips
-    sentences longer than its max_sentence_length (4192 bytes), as in the challenge.
-    """
-    import sentencepiece as spm
-
-    prefix = Path(model_prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    sentences = (t for t in (trainer_text(x) for x in texts) if t)
-    kwargs = dict(CHALLENGE_SP_SETTINGS, sentence_iterator=sentences, model_prefix=str(prefix),
-                  vocab_size=int(vocab_size), minloglevel=2)
-    if num_threads:
-        kwargs["num_threads"] = int(num_threads)
-    try:
-        spm.SentencePieceTrainer.train(**kwargs)
-    except RuntimeError as exc:
-        raise TokenizerError(f"tokenizer training failed for vocab size {vocab_size}: {exc}") from None
-    return prefix.with_suffix(".model")
 
 
 @dataclass(frozen=True)
@@ -135,8 +91,6 @@ def target_bytes_torch(luts_t: dict, prev_ids, target_ids):
 
 
 def luts_to_torch(luts: ByteLUTs, device=None) -> dict:
-    import torch
-
     return {
         "base_bytes": torch.as_tensor(luts.base_bytes, dtype=torch.int64, device=device),
         "has_leading_space": torch.as_tensor(luts.has_leading_space, dtype=torch.bool, device=device),
@@ -151,8 +105,3 @@ def stream_target_bytes(luts: ByteLUTs, stream: np.ndarray, chunk: int = 1 << 22
         end = min(start + chunk, len(stream))
         total += int(target_bytes(luts, stream[start - 1:end - 1], stream[start:end]).sum())
     return total
-
-
-def normalized_text(sp, text: str) -> str:
-    """The text as the tokenizer normalizes it (the byte basis of BPB): nmt_nfkc, whitespace collapsed."""
-    return sp.normalize(text).replace(SPACE, " ")

@@ -4,19 +4,30 @@ Roles are assigned where a parameter is created (`tag(param, Role.X)`) and read 
 (`role_of(param)`); nothing downstream matches parameter names. A test checks that every parameter
 of every preset's model carries exactly one role.
 
-| role   | what                                              | optimizer (STACK.md 4.2)      | quantization (5.1) |
-|--------|---------------------------------------------------|-------------------------------|--------------------|
-| matrix | attention q/k/v/o and MLP up/down matrices        | Muon, matrix_lr, muon_wd      | GPTQ int6          |
-| embed  | token embedding, bigram table, value-embed table  | AdamW, tied_embed_lr, adam_wd | int8 per row       |
-| head   | untied output head                                | AdamW, head_lr                | int8 per row       |
-| proj   | small projections (bigram 112->512, VE 128->256)  | AdamW, scalar_lr              | fp16 passthrough   |
-| scalar | per-channel vectors and gains (scales, resid mix, q gain, skip weights) | AdamW, scalar_lr | fp16 passthrough |
-| gate   | gates (SmearGate)                                  | AdamW, scalar_lr              | fp16 passthrough   |
+| role   | what                                              |
+|--------|---------------------------------------------------|
+| matrix | attention q/k/v/o and MLP up/down matrices        |
+| embed  | token embedding, bigram table, value-embed table  |
+| head   | untied output head                                |
+| proj   | small projections (bigram 112->512, VE 128->256)  |
+| scalar | per-channel vectors and gains (scales, resid mix, q gain, skip weights) |
+| gate   | gates (SmearGate)                                  |
+
+What each role gets is ONE table, `ROLE_POLICY`, read by the optimizer builder (pgolf.optim.build), the
+quantizer (pgolf.quant.schemes), the size estimate (tools budget) and test-time training (scoring.ttt):
+
+| role   | optimizer (docs/DESIGN.md#train-optim) | peak LR key                     | stored as (#quant-schemes)       | TTT |
+|--------|-----------------------------------------|---------------------------------|----------------------------------|-----|
+| matrix | Muon (weight decay muon_wd)             | matrix_lr                       | matrix: GPTQ/RTN at matrix_bits  | yes |
+| embed  | AdamW (adam_wd)                         | tied_embed_lr (untied: embed_lr) | table: per-row clip at embed_bits | yes |
+| head   | AdamW                                   | head_lr                         | table (GPTQ'd as the output head) | yes |
+| proj, scalar, gate | AdamW                       | scalar_lr                       | fp16 passthrough                 | yes |
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -32,6 +43,44 @@ class Role(enum.StrEnum):
 
 
 _ATTR = "_pgolf_role"
+
+
+@dataclass(frozen=True)
+class RolePolicy:
+    """How one role is trained, stored and adapted (the table in the module docstring)."""
+
+    optimizer: str
+    """"muon" or "adamw" (optim.matrix_optimizer=adamw moves matrices to AdamW)."""
+    lr: str
+    """The OptimConfig field holding the role's peak LR."""
+    quant: str
+    """"matrix" (GPTQ or RTN at quant.matrix_bits), "table" (one clip per row at quant.embed_bits; the
+    output head's table may be GPTQ'd), or "fp16" (passthrough)."""
+    ttt: bool
+    """Trained by test-time training (score.ttt)."""
+    lr_untied: str | None = None
+    """The LR field instead of `lr` when model.tie_embeddings is off (the token table is then not the head)."""
+
+    def lr_key(self, tie_embeddings: bool) -> str:
+        return self.lr if tie_embeddings or self.lr_untied is None else self.lr_untied
+
+    def bits(self, quant_cfg) -> int | None:
+        """The bit width of this role's integer grid under `quant_cfg` (None for fp16)."""
+        return {"matrix": quant_cfg.matrix_bits, "table": quant_cfg.embed_bits}.get(self.quant)
+
+
+ROLE_POLICY: dict[Role, RolePolicy] = {
+    Role.MATRIX: RolePolicy("muon", "matrix_lr", "matrix", True),
+    Role.EMBED: RolePolicy("adamw", "tied_embed_lr", "table", True, lr_untied="embed_lr"),
+    Role.HEAD: RolePolicy("adamw", "head_lr", "table", True),
+    Role.PROJ: RolePolicy("adamw", "scalar_lr", "fp16", True),
+    Role.SCALAR: RolePolicy("adamw", "scalar_lr", "fp16", True),
+    Role.GATE: RolePolicy("adamw", "scalar_lr", "fp16", True),
+}
+
+
+def role_policy(role: Role) -> RolePolicy:
+    return ROLE_POLICY[Role(role)]
 
 
 def tag(param: nn.Parameter, role: Role) -> nn.Parameter:

@@ -1,11 +1,8 @@
-"""Optimizers by parameter role (STACK.md 4.2; roles.py) behind one small facade.
+"""Optimizers by parameter role behind one small facade (docs/DESIGN.md#train-optim).
 
-| role   | optimizer                            | lr                                   | weight decay |
-|--------|--------------------------------------|--------------------------------------|--------------|
-| matrix | Muon (or AdamW if matrix_optimizer)  | matrix_lr                            | muon_wd (Muon) / adam_wd (AdamW) |
-| embed  | AdamW                                | tied_embed_lr if tied else embed_lr  | adam_wd      |
-| head   | AdamW                                | head_lr                              | adam_wd      |
-| proj, scalar, gate | AdamW                    | scalar_lr                            | adam_wd      |
+Which optimizer and which peak LR a role gets is the role policy table (`pgolf.model.roles.ROLE_POLICY`):
+matrices on Muon (weight decay muon_wd; AdamW with adam_wd when optim.matrix_optimizer=adamw), every other
+role on AdamW (adam_wd), each role with its own LR key (tied_embed_lr / embed_lr, head_lr, scalar_lr).
 
 All AdamW groups share betas (beta1, beta2) and eps, so they live in one torch AdamW with one param
 group per role; that is the same math as the record's two AdamW instances. Every group keeps its
@@ -25,7 +22,7 @@ import torch
 from torch import nn
 
 from pgolf.config import OptimConfig
-from pgolf.model.roles import Role, role_of
+from pgolf.model.roles import Role, role_of, role_policy
 from pgolf.optim.muon import Muon
 from pgolf.runtime import DistEnv
 
@@ -63,7 +60,7 @@ class Optimizers:
         """Clip the global gradient norm over all parameters to max_norm; returns the pre-clip norm.
 
         No host sync (the norm stays a tensor). Call it on the averaged gradients: the record clipped
-        each rank's local gradient (STACK.md 4.3 item 4), which makes the result depend on the world
+        each rank's local gradient (docs/DESIGN.md#train-muon), which makes the result depend on the world
         size; clipping after the all-reduce keeps the same math at every world size.
         max_norm <= 0 only measures the norm.
         """
@@ -122,14 +119,7 @@ def build_optimizers(model: nn.Module, optim_cfg: OptimConfig, *, tie_embeddings
     """
     by_role = _params_by_role(model)
     device = torch.device(device)
-    role_lr = {
-        Role.MATRIX: optim_cfg.matrix_lr,
-        Role.EMBED: optim_cfg.tied_embed_lr if tie_embeddings else optim_cfg.embed_lr,
-        Role.HEAD: optim_cfg.head_lr,
-        Role.PROJ: optim_cfg.scalar_lr,
-        Role.SCALAR: optim_cfg.scalar_lr,
-        Role.GATE: optim_cfg.scalar_lr,
-    }
+    role_lr = {r: getattr(optim_cfg, role_policy(r).lr_key(tie_embeddings)) for r in Role}
 
     muon = None
     adam_groups = []
@@ -138,7 +128,7 @@ def build_optimizers(model: nn.Module, optim_cfg: OptimConfig, *, tie_embeddings
         if not params:
             continue
         lr = role_lr[role]
-        if role is Role.MATRIX and optim_cfg.matrix_optimizer == "muon":
+        if role_policy(role).optimizer == "muon" and optim_cfg.matrix_optimizer == "muon":
             muon = Muon([{"params": params, "role": role.value, "base_lr": lr}], lr=lr,
                         momentum=optim_cfg.muon_momentum, nesterov=optim_cfg.muon_nesterov,
                         weight_decay=optim_cfg.muon_wd, ns_steps=optim_cfg.muon_backend_steps,

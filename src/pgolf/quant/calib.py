@@ -26,12 +26,10 @@ data after the 600 s window was ruled out (STACK.md 5.2). Its Hessians are saved
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor, nn
 
-from pgolf.runtime import DistEnv
+from pgolf.runtime import DistEnv, autocast
 
 GEN_SEED_STRIDE = 1_000_003
 """Batch k's generator seed is seed * GEN_SEED_STRIDE + k (distinct streams per batch)."""
@@ -50,11 +48,9 @@ def generate_batch(model: nn.Module, n: int, seq_len: int, *, vocab_size: int, t
                    autocast_dtype: torch.dtype | None = None, kv_cache: bool = True) -> Tensor:
     """(n, seq_len) int64 tokens sampled from the model (first token uniform). The head runs on the last
     position only; kv_cache selects the sampler (module docstring)."""
-    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-           else contextlib.nullcontext())
     x = torch.randint(0, vocab_size, (n, 1), generator=generator, device=device)  # (n, 1)
     cache = model.new_kv_cache(seq_len - 1) if kv_cache and seq_len > 1 else None
-    with amp:
+    with autocast(device, autocast_dtype):
         for _ in range(seq_len - 1):
             if cache is not None:
                 h = model.decode_hidden(x, cache)  # (n, 1, D): the newest position only

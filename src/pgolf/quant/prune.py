@@ -1,4 +1,4 @@
-"""Selective +/-1 pruning to a byte target on the TOTAL submission (STACK.md 5.4; PR #609's idea, #1019).
+"""Selective +/-1 pruning to a byte target on the TOTAL submission (docs/DESIGN.md#quant-prune; PR #609's idea, #1019).
 
 Candidates are the entries with |q| = 1 of every matrix stored at quant.matrix_bits (the GPTQ / RTN
 matrices). Zeroing one changes its weight by one scale step, so the cost proxy is scale_row^2; the
@@ -23,17 +23,17 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from pgolf.quant.artifact import QTensor, scheme_bits
+from pgolf.quant.schemes import QTensor, scheme_bits
 
 
 def prune_candidates(tensors: Mapping[str, QTensor], bits: int
                      ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """-> (names, tensor index (N,), flat index (N,), value (N,) in {-1, 1}) of the |q| = 1 entries of every
     `bits`-bit matrix, ordered by scale_row^2 ascending (stable: tensor order, then flat index)."""
-    names = [n for n, e in tensors.items() if scheme_bits(e[0]) == bits and e[1].dim() == 2]
+    names = [n for n, e in tensors.items() if scheme_bits(QTensor.of(e).scheme) == bits and QTensor.of(e).data.dim() == 2]
     tid, flat, cost, val = [], [], [], []
     for i, n in enumerate(names):
-        Q, s = tensors[n][1], tensors[n][2]
+        Q, s = QTensor.of(tensors[n]).data, QTensor.of(tensors[n]).scale
         q = Q.reshape(-1)
         idx = torch.nonzero(q.abs() == 1).reshape(-1)
         rows = idx.numpy() // Q.shape[1]
@@ -60,7 +60,7 @@ def apply_prune(tensors: Mapping[str, QTensor], names: list[str], tid: np.ndarra
         scheme, Q, s = tensors[name]
         Q2 = Q.clone()
         Q2.view(-1)[torch.from_numpy(sel)] = 0
-        out[name] = (scheme, Q2, s)
+        out[name] = QTensor(scheme, Q2, s)
     return out
 
 
@@ -69,7 +69,7 @@ class EntropyModel:
     O(tensors * 256) per query: the fast size proxy that steers the search (real sizes decide)."""
 
     def __init__(self, tensors: Mapping[str, QTensor], names: list[str], tid: np.ndarray, val: np.ndarray):
-        self.counts = np.stack([np.bincount(tensors[n][1].reshape(-1).numpy().astype(np.int64) + 128,
+        self.counts = np.stack([np.bincount(QTensor.of(tensors[n]).data.reshape(-1).numpy().astype(np.int64) + 128,
                                             minlength=256) for n in names]) if names else np.zeros((0, 256))
         self.tid, self.val, self.k = tid, val, len(names)
 

@@ -8,6 +8,7 @@ Modes (config.SCORE_MODES; all read the same stream and every one scores each ta
     ttt        score-first test-time training over chunks (ttt.score_ttt with score.ttt; 7.2)
     ttt+slot   ttt, each chunk scored with causal SLOT
 
+The modes themselves (family, plan, compliance label) are the table `pgolf.scoring.modes.MODES`.
 `evaluate()` returns {mode: result} (all ranks get the same; JSON-ready, `pgolf eval --json` prints
 it), each result::
 
@@ -24,49 +25,41 @@ it), each result::
 
 The budget is reported, never enforced: when the summed seconds of the modes run exceed
 budget.eval_seconds_limit a WARNING line is logged and eval_over_budget is true (the challenge's
-limit is for the whole evaluation on 8xH100, STACK.md 6.5).
+limit is for the whole evaluation on 8xH100, docs/DESIGN.md#eval-budgets).
 
 Compliance: `score.slot.coupling=shared` and `score.ttt.mode=prequant` reproduce the withdrawn entry
-(STACK.md 8.2-8.3) and are labelled NON-COMPLIANT by slot.py / ttt.py; a ttt ledger that fails
-`audit_ledger` also makes its mode non-compliant.
+(docs/DESIGN.md#compliance-reference) and are labelled NON-COMPLIANT (`modes.label_for`); a ttt ledger
+that fails `audit_ledger` also makes its mode non-compliant.
 
 Exactly once: every mode's scored-target count must equal the plan's; with `nll_out` (per-target NLL,
 float64, stream order: index t = the target stream[t + 1]) the ranks' disjoint parts are summed and
 each target must have been written by exactly one rank, so no target is missed or scored twice.
-`save_nll` writes those arrays for `pgolf eval --save-nll FILE.npy` (several modes: FILE.<mode>.npy).
-
-Weights: `eval_config` + `load_eval_model` find what to score: an artifact (`--artifact`, or a run
-directory's RUN_ARTIFACT), else a run's float weights model_final.pt, labelled FLOAT_WEIGHTS_LABEL so
-that a float score is never mistaken for the artifact's.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from pgolf.config import SCORE_MODES, ConfigError, RunConfig, to_dict
-from pgolf.data.shards import list_shards, load_val_tokens
+from pgolf.data.shards import load_val_tokens
 from pgolf.data.tokenizer import build_byte_luts, load_tokenizer, luts_to_torch
-from pgolf.runtime import DistEnv
-from pgolf.scoring.plan import ScorePlan, plain_plan, sliding_plan
+from pgolf.runtime import DistEnv, rank_share, sync
+from pgolf.scoring.modes import AUDIT_FAILED, MODES, noncompliant
+from pgolf.scoring.plan import ScorePlan
 from pgolf.scoring.sliding import score_windows
 from pgolf.scoring.slot import rank_segments, score_slot, segments
-from pgolf.scoring.ttt import audit_ledger, chunk_windows, rank_share, score_ttt
+from pgolf.scoring.ttt import audit_ledger, chunk_windows, score_ttt
 from pgolf.telemetry import Progress
 
 WARM_SEGMENTS = 8
 """SLOT warm-start segments (slot.py): ranks take whole segments, so up to 8 ranks share the work."""
-FLOAT_WEIGHTS_LABEL = "float weights (not the artifact)"
-COMPLIANT_LABEL = "compliant"
-AUDIT_FAILED_LABEL = "NON-COMPLIANT (TTT ledger audit failed)"
+AUDIT_FAILED_LABEL = noncompliant(AUDIT_FAILED)
 MAX_AUDIT_PROBLEMS = 20
 """At most this many ledger problems are listed in a result (n_problems counts them all)."""
 
@@ -87,28 +80,16 @@ def load_eval_data(cfg: RunConfig, device: torch.device, max_val_tokens: int = 0
     return EvalData(np.asarray(stream), luts_to_torch(build_byte_luts(sp, cfg.model.vocab_size), device))
 
 
-def parse_modes(text: str | None, default: Iterable[str]) -> tuple[str, ...]:
-    """'plain,slot' -> ('plain', 'slot'); None or '' -> default. Unknown or repeated modes are errors."""
-    modes = tuple(m.strip() for m in text.split(",") if m.strip()) if text else tuple(default)
-    bad = [m for m in modes if m not in SCORE_MODES]
-    if bad:
-        raise ConfigError(f"--mode: unknown mode(s) {bad}; choose from {', '.join(SCORE_MODES)}")
-    if len(set(modes)) != len(modes) or not modes:
-        raise ConfigError(f"--mode: give each mode once, got {list(modes)}")
-    return modes
-
-
 def mode_plan(mode: str, n_tokens: int, cfg: RunConfig) -> ScorePlan:
-    T = cfg.score.seq_len
-    return plain_plan(n_tokens, T) if mode == "plain" else sliding_plan(n_tokens, T, cfg.score.sliding.stride)
+    return MODES[mode].plan(n_tokens, cfg)
 
 
 def mode_settings(mode: str, cfg: RunConfig, plan: ScorePlan, warm_segments: int) -> dict:
     out = {"seq_len": plan.seq_len, "stride": plan.stride, "batch_windows": cfg.score.sliding.batch_windows}
-    if mode in ("slot", "ttt+slot"):
+    if MODES[mode].slot:
         out["slot"] = to_dict(cfg.score.slot)
         out["warm_segments"] = warm_segments
-    if mode in ("ttt", "ttt+slot"):
+    if MODES[mode].ttt:
         out["ttt"] = to_dict(cfg.score.ttt)
     return out
 
@@ -118,16 +99,18 @@ def rank_window_count(mode: str, plan: ScorePlan, cfg: RunConfig, env: DistEnv, 
     bw = cfg.score.sliding.batch_windows
     W = plan.num_windows
 
+    m = MODES[mode]
+
     def share(lo: int, hi: int) -> int:
-        if mode in ("slot", "ttt+slot"):
+        if m.slot:
             return sum(b - a for a, b in rank_segments(segments(lo, hi, bw, warm_segments), env))
         a, b = rank_share(lo, hi, env)
         return b - a
 
-    if mode in ("plain", "sliding"):
+    if m.family == "window":
         lo, hi = plan.rank_windows(env)
         return hi - lo
-    if mode == "slot" or cfg.score.ttt.mode == "prequant":
+    if m.family == "slot" or cfg.score.ttt.mode == "prequant":
         return share(0, W)
     bounds = chunk_windows(plan, cfg.score.ttt.chunk_tokens)
     return sum(share(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
@@ -161,16 +144,18 @@ def _run_mode(mode: str, model: torch.nn.Module, data: EvalData, plan: ScorePlan
               autocast_dtype, nll: np.ndarray | None, bar, warm_segments: int) -> dict:
     """-> the mode's result fields (score, compliance, diagnostics); timing is added by the caller."""
     bw = cfg.score.sliding.batch_windows
-    if mode in ("plain", "sliding"):
+    family = MODES[mode].family
+    if family == "window":
         s = score_windows(model, data.stream, plan, data.luts_t, env, batch_windows=bw, autocast_dtype=autocast_dtype,
                           nll_out=nll, progress=bar)
-        return {**s.to_json(), "compliant": True, "label": COMPLIANT_LABEL}
-    if mode == "slot":
+        compliant, label = MODES[mode].compliance(cfg)
+        return {**s.to_json(), "compliant": compliant, "label": label}
+    if family == "slot":
         s, info = score_slot(model, data.stream, plan, data.luts_t, env, cfg.score.slot, batch_windows=bw,
                              autocast_dtype=autocast_dtype, nll_out=nll, warm_segments=warm_segments, progress=bar)
         diag = {k: v for k, v in info.items() if k not in ("compliant", "label", "mode", "seconds", "windows_per_s")}
         return {**s.to_json(), "compliant": info["compliant"], "label": info["label"], "slot": diag}
-    s, info = score_ttt(model, data.stream, plan, data.luts_t, env, cfg.score, with_slot=mode == "ttt+slot",
+    s, info = score_ttt(model, data.stream, plan, data.luts_t, env, cfg.score, with_slot=MODES[mode].slot,
                         autocast_dtype=autocast_dtype, nll_out=nll, warm_segments=warm_segments, progress=bar)
     problems = audit_ledger(info["ledger"], plan)
     compliant, label = info["compliant"], info["label"]
@@ -216,8 +201,7 @@ def evaluate(model: torch.nn.Module, cfg: RunConfig, env: DistEnv, *, modes: Ite
             t0 = time.perf_counter()
             with Progress(f"eval {mode}", total=total, unit="win", enabled=progress and env.is_main) as bar:
                 r = _run_mode(mode, model, data, plan, cfg, env, autocast_dtype, nll, bar, warm_segments)
-            if env.device.type == "cuda":
-                torch.cuda.synchronize(env.device)
+            sync(env.device)
             secs = time.perf_counter() - t0
             if r["targets"] != plan.n_targets:  # with the NLL check below: every target exactly once
                 raise RuntimeError(f"eval {mode}: scored {r['targets']} targets, the plan has {plan.n_targets}")
@@ -238,127 +222,3 @@ def evaluate(model: torch.nn.Module, cfg: RunConfig, env: DistEnv, *, modes: Ite
     for r in results.values():
         r.update(eval_seconds_total=total_s, eval_seconds_limit=limit, eval_over_budget=over)
     return results
-
-
-def format_results(res: Mapping[str, Mapping]) -> str:
-    """The human form of an evaluate() result: one key:value line per mode, then the budget line."""
-    lines = []
-    for mode, r in res.items():
-        extra = f" [{r['weights']}]" if r.get("weights") == FLOAT_WEIGHTS_LABEL else ""
-        phases = "".join(f" {k}_time:{v * 1000:.0f}ms" for k, v in r.get("seconds_phases", {}).items())
-        audit = "" if "audit" not in r or r["audit"]["ok"] else f" ledger_audit:FAILED({r['audit']['n_problems']})"
-        nll = f" nll_file:{r['nll_file']}" if "nll_file" in r else ""
-        lines.append(f"{mode} val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f} targets:{r['targets']} "
-                     f"bytes:{r['bytes']} eval_time:{r['seconds'] * 1000:.0f}ms{phases}{audit}{nll} "
-                     f"[{r['label']}]{extra}")
-    if res:
-        r = next(iter(res.values()))
-        over = " OVER BUDGET" if r["eval_over_budget"] else ""
-        lines.append(f"eval_time_total:{r['eval_seconds_total']:.1f}s budget:{r['eval_seconds_limit']:g}s{over} "
-                     f"weights:{r['weights'] or 'in-memory model'}")
-    return "\n".join(lines)
-
-
-def nll_paths(path: str | Path, modes: Iterable[str]) -> dict[str, Path]:
-    """Where --save-nll writes: the file itself for one mode; for several, the mode name inserted
-    before the suffix (nll.npy -> nll.plain.npy, nll.slot.npy, nll.ttt+slot.npy, ...)."""
-    p = Path(path)
-    modes = list(modes)
-    if len(modes) == 1:
-        return {modes[0]: p}
-    return {m: p.with_name(f"{p.stem}.{m}{p.suffix}") for m in modes}
-
-
-def save_nll(path: str | Path, nll: Mapping[str, np.ndarray]) -> dict[str, str]:
-    """Write each mode's per-target NLL (float64 .npy, stream order) to nll_paths(); -> {mode: file}."""
-    out = {}
-    for mode, p in nll_paths(path, nll).items():
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "wb") as fh:  # exact name: np.save(str) would append .npy to other suffixes
-            np.save(fh, np.asarray(nll[mode], dtype=np.float64))
-        out[mode] = str(p)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ weights
-
-
-@dataclass(frozen=True)
-class EvalSource:
-    """What `pgolf eval` scores: an artifact (kind "artifact") or a run's float weights (kind "float")."""
-
-    kind: str
-    path: Path
-
-    @property
-    def label(self) -> str:
-        return f"artifact {self.path}" if self.kind == "artifact" else FLOAT_WEIGHTS_LABEL
-
-
-def eval_config(*, run_dir: str | Path | None = None, artifact: str | Path | None = None,
-                data: str | Path | None = None, tokenizer: str | Path | None = None, preset: str = "record",
-                sets: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> tuple[RunConfig, EvalSource]:
-    """The config and the weights for an evaluation (the model section comes from the weights later).
-
-    run_dir: the run's config.json; its RUN_ARTIFACT if present, else model_final.pt (float weights).
-    artifact: the preset (+ PGOLF_ environ + sets) for everything but the model; needs data and a
-    tokenizer (argument or --set data.tokenizer_path). data: a dataset dir (validation shards) and
-    tokenizer: a SentencePiece model; both override data.* when given. sets: score.* and data.* only.
-    """
-    from pgolf.config import apply_overrides, parse_set, resolve
-    from pgolf.quant.artifact import RUN_ARTIFACT
-
-    sets = list(sets)
-    parsed = parse_set(sets)
-    bad = [o.key for o in parsed if not o.key.startswith(("score.", "data."))]
-    if bad:
-        raise ConfigError(f"eval accepts --set for score.* and data.* keys only, got {', '.join(bad)}")
-    if (run_dir is None) == (artifact is None):
-        raise ConfigError("eval needs exactly one of --run-dir DIR or --artifact FILE")
-    if run_dir is not None:
-        from pgolf.train.loop import load_run_config
-
-        cfg = apply_overrides(load_run_config(run_dir), parsed)
-        art = Path(run_dir) / RUN_ARTIFACT
-        source = EvalSource("artifact", art) if art.is_file() else EvalSource("float", Path(run_dir) / "model_final.pt")
-    else:
-        if data is None:
-            raise ConfigError("--artifact needs --data DIR (the dataset with the validation shards)")
-        if tokenizer is None and not any(o.key == "data.tokenizer_path" for o in parsed):
-            raise ConfigError(f"--tokenizer MODEL is required with --artifact (none found beside {data})")
-        if not Path(artifact).is_file():
-            raise FileNotFoundError(f"{artifact}: no such artifact")
-        cfg, _ = resolve(preset, sets, environ if environ is not None else {})
-        source = EvalSource("artifact", Path(artifact))
-    d = cfg.data
-    if data is not None:
-        d = dataclasses.replace(d, path=str(data))
-    if tokenizer is not None:
-        d = dataclasses.replace(d, tokenizer_path=str(tokenizer))
-    return dataclasses.replace(cfg, data=d), source
-
-
-def load_eval_model(source: EvalSource, cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module, RunConfig]:
-    """-> (model in eval mode on device, cfg with the model section the weights were built from)."""
-    if source.kind == "artifact":
-        from pgolf.quant.artifact import load_artifact
-
-        model = load_artifact(source.path, device)
-        return model, dataclasses.replace(cfg, model=model.cfg)
-    return load_run_model(source.path.parent, cfg, device).eval(), cfg
-
-
-def load_run_model(run_dir: str | Path, cfg: RunConfig, device: torch.device) -> torch.nn.Module:
-    """The trained (EMA) float weights of a run directory (model_final.pt), in float32."""
-    from pgolf.train.loop import build_model
-
-    p = Path(run_dir) / "model_final.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no final weights (did training finish?)")
-    model = build_model(cfg, torch.device("cpu"))
-    model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
-    return model.to(device)
-
-
-def val_shard_files(cfg: RunConfig) -> list[str]:
-    return [str(p) for p in list_shards(cfg.data.path, "val")]

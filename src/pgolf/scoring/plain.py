@@ -8,20 +8,13 @@ evaluation mode.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pgolf.data.tokenizer import target_bytes_torch
-from pgolf.runtime import DistEnv
+from pgolf.runtime import DistEnv, autocast, rank_share
 from pgolf.scoring.bpb import Score, ScoreAccumulator
-
-
-def rank_range(n: int, env: DistEnv) -> tuple[int, int]:
-    """Contiguous share [lo, hi) of n items for this rank."""
-    return n * env.rank // env.world_size, n * (env.rank + 1) // env.world_size
 
 
 @torch.no_grad()
@@ -33,13 +26,11 @@ def score_plain(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, luts_t
     n_win = (len(tokens) - 1) // seq_len
     if n_win < 1:
         raise ValueError(f"validation stream of {len(tokens)} tokens is shorter than one window of {seq_len + 1}")
-    lo, hi = rank_range(n_win, env)
+    lo, hi = rank_share(0, n_win, env)
     device = env.device
     acc = ScoreAccumulator(device)
     was_training = model.training
     model.eval()
-    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-           else contextlib.nullcontext())
     try:
         for b in range(lo, hi, batch_seqs):
             e = min(b + batch_seqs, hi)
@@ -47,7 +38,7 @@ def score_plain(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, luts_t
             buf = torch.from_numpy(chunk).to(device)
             x = torch.stack([buf[i * seq_len:(i + 1) * seq_len] for i in range(e - b)])  # (B, T)
             y = torch.stack([buf[i * seq_len + 1:(i + 1) * seq_len + 1] for i in range(e - b)])  # (B, T)
-            with amp:
+            with autocast(device, autocast_dtype):
                 logits = model(x)
             lg = logits.reshape(-1, logits.size(-1))
             lg = lg.to(torch.promote_types(lg.dtype, torch.float32))  # at least fp32

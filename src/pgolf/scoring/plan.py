@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pgolf.runtime import DistEnv
+from pgolf.runtime import DistEnv, rank_share
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,7 @@ class ScorePlan:
 
     def rank_windows(self, env: DistEnv) -> tuple[int, int]:
         """This rank's contiguous share of windows [lo, hi)."""
-        n = self.num_windows
-        return n * env.rank // env.world_size, n * (env.rank + 1) // env.world_size
+        return rank_share(0, self.num_windows, env)
 
 
 def sliding_plan(n_tokens: int, seq_len: int, stride: int) -> ScorePlan:

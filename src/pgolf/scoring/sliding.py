@@ -7,7 +7,6 @@ each scored target contributes its full-softmax NLL and its LUT bytes to one flo
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pgolf.data.tokenizer import target_bytes_torch
-from pgolf.runtime import DistEnv
+from pgolf.runtime import DistEnv, autocast
 from pgolf.scoring.bpb import SCORED_TAP, Score, ScoreAccumulator
 from pgolf.scoring.plan import ScorePlan
 
@@ -69,12 +68,10 @@ def score_windows(logits_fn: Callable[[torch.Tensor], torch.Tensor], stream: np.
     device = env.device
     acc = ScoreAccumulator(device)
     lo, hi = plan.rank_windows(env)
-    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-           else contextlib.nullcontext())
     for b in range(lo, hi, batch_windows):
         idx = range(b, min(b + batch_windows, hi))
         x, y, scored = window_batch(stream, plan, idx, device)
-        with amp:
+        with autocast(device, autocast_dtype):
             logits = logits_fn(x)
         accumulate_scored(logits, x, y, scored, plan, idx, luts_t, acc, nll_out)
         if progress is not None:

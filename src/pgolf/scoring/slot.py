@@ -39,7 +39,6 @@ targets, the shared delta is fitted on the targets it then scores; the flip test
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -51,14 +50,13 @@ from torch import Tensor
 
 from pgolf.config import SlotConfig
 from pgolf.data.tokenizer import target_bytes_torch
-from pgolf.runtime import DistEnv
+from pgolf.runtime import DistEnv, autocast, rank_share
 from pgolf.scoring.bpb import SCORED_TAP, Score, ScoreAccumulator
 from pgolf.scoring.lbfgs import lbfgs_batched
+from pgolf.scoring.modes import label_for
 from pgolf.scoring.plan import ScorePlan
 from pgolf.scoring.sliding import window_batch
 
-COMPLIANT_LABEL = "compliant (per-window causal SLOT)"
-NONCOMPLIANT_LABEL = "NON-COMPLIANT (batch-shared SLOT delta)"
 TOLERANCE_GRAD = 1e-7
 TOLERANCE_CHANGE = 1e-9
 
@@ -76,8 +74,9 @@ def segments(lo: int, hi: int, batch_windows: int, n_segments: int) -> list[tupl
 
 
 def rank_segments(segs: list[tuple[int, int]], env: DistEnv) -> list[tuple[int, int]]:
-    n = len(segs)
-    return segs[n * env.rank // env.world_size: n * (env.rank + 1) // env.world_size]
+    """This rank's contiguous share of whole segments."""
+    a, b = rank_share(0, len(segs), env)
+    return segs[a:b]
 
 
 @dataclass
@@ -114,11 +113,6 @@ class SlotRunner:
         self.stats = torch.zeros(5 + 2 * n_ph, dtype=torch.float64)
 
     # ------------------------------------------------------------------------------------------------
-    def _amp(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     @torch.no_grad()
     def _prepare(self, idx: range) -> _Batch:
         plan, cfg = self.plan, self.cfg
@@ -146,7 +140,7 @@ class SlotRunner:
 
     def _frozen(self, x: Tensor, a: int, c: int) -> Tensor:
         """The frozen forward on positions [a, c): hidden states or logits, at least fp32."""
-        with self._amp():
+        with autocast(self.device, self.autocast_dtype):
             h = self.model.forward_hidden(x)[:, a:c]
             base = h if self.hidden else self.model.logits_from_hidden(h)
         return base.to(torch.promote_types(base.dtype, torch.float32))
@@ -306,9 +300,10 @@ class SlotRunner:
         n_ph = len(cfg.phase_iters)
         na = max(st[1], 1.0)
         per = max(st[-1], 1.0) if self.shared else na
+        compliant, label = label_for("slot", slot_coupling=cfg.coupling)
         return {
-            "compliant": not self.shared,
-            "label": NONCOMPLIANT_LABEL if self.shared else COMPLIANT_LABEL,
+            "compliant": compliant,
+            "label": label,
             "space": cfg.space, "coupling": cfg.coupling,
             "phases": [{"max_iter": i, "history": h, "alpha": a}
                        for i, h, a in zip(cfg.phase_iters, cfg.phase_history, cfg.phase_alpha)],

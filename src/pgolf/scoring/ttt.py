@@ -31,7 +31,6 @@ targets first (cosine over epochs), then one scoring pass, as the withdrawn entr
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -41,21 +40,13 @@ import torch
 import torch.nn.functional as F
 
 from pgolf.config import ScoreConfig
-from pgolf.runtime import DistEnv
+from pgolf.model.roles import retag, role_of, role_policy, roles_by_name
+from pgolf.runtime import DistEnv, autocast, rank_share
 from pgolf.scoring.bpb import Score, ScoreAccumulator
+from pgolf.scoring.modes import label_for
 from pgolf.scoring.plan import ScorePlan
 from pgolf.scoring.sliding import accumulate_scored, window_batch
 from pgolf.scoring.slot import SlotRunner, rank_segments, segments
-
-COMPLIANT_LABEL = "compliant (score-first TTT)"
-PREQUANT_LABEL = "NON-COMPLIANT (pre-quant TTT on validation tokens)"
-
-
-def rank_share(lo: int, hi: int, env: DistEnv) -> tuple[int, int]:
-    """This rank's contiguous part [a, b) of the range [lo, hi): the ranks' parts tile it in rank order and
-    differ in length by at most one."""
-    n = hi - lo
-    return lo + n * env.rank // env.world_size, lo + n * (env.rank + 1) // env.world_size
 
 
 def chunk_windows(plan: ScorePlan, chunk_tokens: int) -> np.ndarray:
@@ -72,19 +63,24 @@ def block_lr_mults(n_blocks: int, first_mult: float) -> list[float]:
 
 
 def _param_groups(model: torch.nn.Module, first_mult: float, freeze_blocks: int) -> list[dict]:
+    """SGD/AdamW groups: one per block (its LR multiple), then the non-block parameters at 1.0. The first
+    `freeze_blocks` blocks and every role the role policy marks as not TTT-trainable are frozen."""
+    for p in model.parameters():
+        if not role_policy(role_of(p)).ttt:
+            p.requires_grad_(False)
     blocks = list(model.blocks)
     mults = block_lr_mults(len(blocks), first_mult)
     in_block = set()
     groups = []
     for i, (blk, mult) in enumerate(zip(blocks, mults)):
-        ps = list(blk.parameters())
-        in_block.update(id(p) for p in ps)
+        ps = [p for p in blk.parameters() if p.requires_grad]
+        in_block.update(id(p) for p in blk.parameters())
         if i < freeze_blocks:
             for p in ps:
                 p.requires_grad_(False)
             continue
         groups.append({"params": ps, "mult": mult})
-    rest = [p for p in model.parameters() if id(p) not in in_block]
+    rest = [p for p in model.parameters() if id(p) not in in_block and p.requires_grad]
     if rest:
         groups.append({"params": rest, "mult": 1.0})
     return groups
@@ -98,8 +94,7 @@ def _sequences(lo: int, hi: int, seq_len: int) -> list[tuple[int, int]]:
 class _Trainer:
     def __init__(self, model: torch.nn.Module, stream: np.ndarray, env: DistEnv, cfg, autocast_dtype):
         self.model, self.stream, self.env, self.cfg = model, stream, env, cfg
-        self.amp = (lambda: torch.autocast(env.device.type, dtype=autocast_dtype)) if autocast_dtype else \
-            contextlib.nullcontext
+        self.autocast_dtype = autocast_dtype
         self.groups = _param_groups(model, cfg.first_block_lr_mult, cfg.freeze_blocks)
         self.params = [p for g in self.groups for p in g["params"]]
         if cfg.optimizer == "sgd":
@@ -129,7 +124,7 @@ class _Trainer:
         for length, starts in by_len.items():
             buf = np.stack([np.asarray(self.stream[s:s + length + 1], dtype=np.int64) for s in starts])
             t = torch.from_numpy(buf).to(env.device)
-            with self.amp():
+            with autocast(env.device, self.autocast_dtype):
                 logits = model(t[:, :-1])
             lg = logits.reshape(-1, logits.size(-1))
             loss = F.cross_entropy(lg.to(torch.promote_types(lg.dtype, torch.float32)), t[:, 1:].reshape(-1),
@@ -180,12 +175,12 @@ def audit_ledger(ledger: dict, plan: ScorePlan) -> list[str]:
 
 
 @torch.no_grad()
-def _score_range(model, stream, plan, lo, hi, batch_windows, luts_t, acc, device, amp, nll_out) -> None:
+def _score_range(model, stream, plan, lo, hi, batch_windows, luts_t, acc, device, autocast_dtype, nll_out) -> None:
     model.eval()
     for b in range(lo, hi, batch_windows):
         idx = range(b, min(b + batch_windows, hi))
         x, y, scored = window_batch(stream, plan, idx, device)
-        with amp():
+        with autocast(device, autocast_dtype):
             logits = model(x)
         accumulate_scored(logits, x, y, scored, plan, idx, luts_t, acc, nll_out)
 
@@ -204,10 +199,10 @@ def score_ttt(model: torch.nn.Module, stream: np.ndarray, plan: ScorePlan, luts_
     t_start = time.perf_counter()
     cfg = cfg_score.ttt
     bw = cfg_score.sliding.batch_windows
-    model = copy.deepcopy(model)
+    roles = roles_by_name(model)
+    model = copy.deepcopy(model)  # new Parameter objects: carry the roles over by name
+    retag(model, roles)
     device = env.device
-    amp = ((lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype is not None
-           else contextlib.nullcontext)
     acc = ScoreAccumulator(device)
     trainer = _Trainer(model, stream, env, cfg, autocast_dtype)
     runner = (SlotRunner(model, stream, plan, luts_t, cfg_score.slot, device, autocast_dtype=autocast_dtype,
@@ -228,7 +223,7 @@ def score_ttt(model: torch.nn.Module, stream: np.ndarray, plan: ScorePlan, luts_
             mine = rank_segments(segments(lo, hi, bw, warm_segments), env)
         else:
             a, b = rank_share(lo, hi, env)
-            _score_range(model, stream, plan, a, b, bw, luts_t, acc, device, amp, nll_out)
+            _score_range(model, stream, plan, a, b, bw, luts_t, acc, device, autocast_dtype, nll_out)
             mine = [(a, b)]
             if progress is not None:
                 progress.update(b - a)
@@ -287,8 +282,6 @@ def score_ttt(model: torch.nn.Module, stream: np.ndarray, plan: ScorePlan, luts_
 
     result = acc.all_reduce(env).result()
     env.all_reduce_(scored_at, op="max")
-    compliant = cfg.mode != "prequant"
-    label = COMPLIANT_LABEL if compliant else PREQUANT_LABEL
     info = {"mode": "ttt+slot" if with_slot else "ttt", "ttt_mode": cfg.mode, "chunks": n_chunks,
             "updates": len(upd_clock), "epochs": cfg.epochs, "lr": cfg.lr, "optimizer": cfg.optimizer,
             "chunk_tokens": cfg.chunk_tokens, "train_loss_per_chunk": train_loss,
@@ -300,11 +293,7 @@ def score_ttt(model: torch.nn.Module, stream: np.ndarray, plan: ScorePlan, luts_
                        "update_hi": np.asarray(upd_hi, dtype=np.int64),
                        "update_chunk": np.asarray(upd_chunk, dtype=np.int64)}}
     if runner is not None:
-        sinfo = runner.info(env)
-        info["slot"] = sinfo
-        if not sinfo["compliant"]:
-            compliant = False
-            label = sinfo["label"] if cfg.mode != "prequant" else f"{label}; {sinfo['label']}"
-    info["compliant"] = compliant
-    info["label"] = label
+        info["slot"] = runner.info(env)
+    info["compliant"], info["label"] = label_for("ttt+slot" if with_slot else "ttt", ttt_mode=cfg.mode,
+                                                 slot_coupling=cfg_score.slot.coupling)
     return result, info

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pgolf.files import atomic_open
+
 CHECKPOINT_VERSION = 1
-LAST = "last.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -45,12 +46,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    with tmp.open("wb") as fh:
+    with atomic_open(p) as fh:
         torch.save({"version": CHECKPOINT_VERSION, **payload}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, p)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:

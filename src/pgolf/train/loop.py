@@ -1,4 +1,4 @@
-"""The training loop (STACK.md section 4): same code on a 2-core CPU, one GPU and N GPUs.
+"""The training loop (docs/DESIGN.md#train): same code on a 2-core CPU, one GPU and N GPUs.
 
 - Fixed global batch (train.batch_tokens); every step trains on the same global windows whatever the
   world size and accumulation (the loader stripes them), and the loss is the mean over all of them,
@@ -26,25 +26,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from pgolf.config import RunConfig, config_hash, from_dict, to_dict
+from pgolf.config import RunConfig, config_hash, to_dict
 from pgolf.data.loader import build_train_loader
 from pgolf.data.shards import list_shards, load_val_tokens
 from pgolf.data.tokenizer import build_byte_luts, load_tokenizer, luts_to_torch
-from pgolf.model.gpt import GPT
+from pgolf.errors import PgolfError
+from pgolf.files import atomic_open
+from pgolf.model.build import build_gpt
 from pgolf.model.kernels import select_attention
-from pgolf.model.roles import retag, roles_by_name
 from pgolf.optim.build import build_optimizers
 from pgolf.optim.schedule import lr_multiplier, muon_momentum
-from pgolf.runtime import DistEnv, seed_everything
+from pgolf.rundir import (
+    CKPT_DIR,
+    ENV,
+    LAST_CKPT,
+    MODEL_FINAL,
+    READS,
+    TRAIN_SUMMARY,
+    RunLogger,
+    TrainSummary,
+    write_config,
+)
+from pgolf.runtime import DistEnv, autocast, resolve_precision, seed_everything, sync
 from pgolf.scoring.plain import score_plain
-from pgolf.telemetry import PhaseTimer, Progress, RunLogger, environment_fingerprint
-from pgolf.train.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pgolf.telemetry import PhaseTimer, Progress, environment_fingerprint
+from pgolf.train.calibrate import calibrate_on_train
+from pgolf.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pgolf.train.ema import EMA
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(PgolfError, RuntimeError):
+    """The training loss became NaN or inf; the run stops and keeps its last good checkpoint."""
 
 
 @dataclass
@@ -73,40 +87,21 @@ def derive_grad_accum(cfg: RunConfig, world_size: int, device_type: str = "cuda"
     return a
 
 
-def resolve_precision(cfg: RunConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """-> (autocast dtype or None for fp32, compile on?)."""
-    p = cfg.train.precision
-    dtype = torch.bfloat16 if (p == "bf16" or (p == "auto" and device.type == "cuda")) else None
-    c = cfg.train.compile
-    return dtype, (c == "on" or (c == "auto" and device.type == "cuda"))
-
-
-def build_model(cfg: RunConfig, device: torch.device, attn_impl=None) -> GPT:
-    """The model, initialized from cfg.seed alone (built on the meta device, so init runs once)."""
-    gen = torch.Generator().manual_seed(cfg.seed)
-    with torch.device("meta"):
-        model = GPT(cfg.model, attn_impl=attn_impl)
-    roles = roles_by_name(model)
-    model = model.to_empty(device="cpu")  # new Parameter objects: carry the roles over by name
-    retag(model, roles)
-    model.init_weights(gen)
-    return model.to(device)
-
-
 class Trainer:
     """One training run. `Trainer(cfg, env, run_dir).run()`; `resume=True` continues run_dir."""
 
     def __init__(self, cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, resume: bool = False,
-                 progress: bool = True, echo: bool = True):
+                 progress: bool = True, echo: bool = True, log: RunLogger | None = None):
         self.cfg, self.env, self.run_dir = cfg, env, Path(run_dir)
         self.resume = resume
         self.progress = progress
-        self.log = RunLogger(self.run_dir, env.is_main, echo=echo)
+        self.log = log or RunLogger(self.run_dir, env.is_main, echo=echo)
         self.reads: list[dict] = []
 
     # ------------------------------------------------------------------------------------------ setup
 
-    def _setup(self) -> None:
+    def setup(self) -> None:
+        """Build the model, loader, optimizers and validation data (before the clock; `run` calls it)."""
         cfg, env = self.cfg, self.env
         seed_everything(cfg.seed)
         self.device = env.device
@@ -116,7 +111,7 @@ class Trainer:
         if warn:
             self.log.log(warn)
         self.attn_name = attn_name
-        self.model = build_model(cfg, self.device, attn)
+        self.model = build_gpt(cfg.model, cfg.seed, self.device, attn)
         self.vocab = cfg.model.vocab_size
         data_dir = Path(cfg.data.path)
         self.train_files = list_shards(data_dir, "train")
@@ -137,9 +132,7 @@ class Trainer:
         self.raw_model = self.model
         self.fwd_model = torch.compile(self.model, dynamic=False) if self.compile else self.model
         if env.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.ddp = DDP(self.fwd_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            self.ddp = DistributedDataParallel(self.fwd_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                            broadcast_buffers=False)
         else:
             self.ddp = None
@@ -159,9 +152,9 @@ class Trainer:
     def _header(self) -> None:
         cfg, env = self.cfg, self.env
         fp = environment_fingerprint(self.device, env.world_size)
-        self.log.write_json("env.json", {**fp, "attention": self.attn_name, "compile": self.compile,
-                                         "autocast": str(self.amp_dtype)})
-        self.log.write_json("config.json", {"config": to_dict(cfg), "config_hash": config_hash(cfg)})
+        self.log.write_json(ENV, {**fp, "attention": self.attn_name, "compile": self.compile,
+                                  "autocast": str(self.amp_dtype)})
+        write_config(self.log, cfg)
         counts = self.raw_model.param_count_by_role()
         self.log.log(f"pgolf {fp['pgolf']} torch {fp['torch']} python {fp['python']} device:{self.device} "
                      f"gpu:{fp.get('gpu', '-')}")
@@ -195,9 +188,9 @@ class Trainer:
             "config_hash": config_hash(self.cfg),
         }
 
-    def save(self, name: str = LAST) -> None:
+    def save(self, name: str = LAST_CKPT) -> None:
         if self.env.is_main:
-            save_checkpoint(self.run_dir / "ckpt" / name, self._payload())
+            save_checkpoint(self.run_dir / CKPT_DIR / name, self._payload())
         self.env.barrier()
 
     def _restore(self, ck: dict) -> None:
@@ -217,14 +210,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ pieces
 
-    def _amp(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        sync(self.device)
 
     def train_step(self, lr_mult: float, momentum: float) -> torch.Tensor:
         """One optimizer step on the next global batch; returns the mean loss as a 0-d tensor (no sync)."""
@@ -237,7 +224,7 @@ class Trainer:
             last = i == len(micro) - 1
             ctx = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
             with ctx:
-                with self._amp():
+                with autocast(self.device, self.amp_dtype):
                     logits = net(x)
                 loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
                 (loss / len(micro)).backward()
@@ -289,21 +276,21 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> TrainResult:
         """Train to the iteration cap or wallclock cap. stop_after: leave after that many steps in this
         process (for tests that kill/resume), without final EMA/validation."""
-        self._setup()
+        self.setup()
         cfg, env = self.cfg, self.env
         if self.resume:
-            ck = load_checkpoint(self.run_dir / "ckpt" / LAST)
+            ck = load_checkpoint(self.run_dir / CKPT_DIR / LAST_CKPT)
             self._restore(ck)
             self.log.log(f"resumed_from_step:{self.step} train_time:{self.train_seconds * 1000:.0f}ms")
         else:
             self._header()
-        self.log.write_json("reads.json", self.reads)
+        self.log.write_json(READS, self.reads)
         self._warmup()
 
         iters = cfg.train.iterations
         cap = cfg.train.max_wallclock_seconds
         if cap > 0 and self._train_calibration_on():
-            # Training-batch GPTQ calibration must finish inside the wallclock (STACK.md 5.2): reserve it.
+            # Training-batch GPTQ calibration must finish inside the wallclock (docs/DESIGN.md#quant-calibration): reserve it.
             cap = max(cap - cfg.quant.calib_reserve_seconds, 0.0)
             self.log.log(f"calibration_reserve:{cfg.quant.calib_reserve_seconds:.1f}s training_cap:{cap:.1f}s")
         tokens_per_step = cfg.train.batch_tokens
@@ -357,7 +344,7 @@ class Trainer:
                     if bool(bad.item()):  # sync point: at log cadence (every step on CPU, where it is free)
                         raise NonFiniteLossError(
                             f"non-finite training loss at or before step {self.step}; stopping. The last good "
-                            f"checkpoint (if any) is kept in {self.run_dir / 'ckpt'}")
+                            f"checkpoint (if any) is kept in {self.run_dir / CKPT_DIR}")
                 if log_now:
                     last_loss = float(loss.item())  # sync point: log cadence
                     el = base + (time.perf_counter() - t_start)
@@ -401,15 +388,16 @@ class Trainer:
                 ema_v = raw_v
         self.save()
         if env.is_main:
-            torch.save({k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()},
-                       self.run_dir / "model_final.pt")
+            with atomic_open(self.run_dir / MODEL_FINAL) as fh:
+                torch.save({k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()}, fh)
         env.barrier()  # model_final.pt exists before any rank goes on (quantize_run loads it on every rank)
-        calib_s = self._calibrate_on_train() if self._train_calibration_on() else 0.0
-        summary = {"steps": self.step, "train_seconds": self.train_seconds, "stopped_by": stopped_by,
-                   "step_avg_ms": step_avg, "tokens_per_second": tps, "final_val": ema_v, "final_val_raw": raw_v,
-                   "ema": self.ema is not None, "world_size": env.world_size, "grad_accum": self.accum,
-                   "calib_seconds": calib_s, "charged_seconds": self.train_seconds + calib_s}
-        self.log.write_json("train_summary.json", summary)
+        calib_s = (calibrate_on_train(self.raw_model, self.loader, cfg.quant, env, self.run_dir, self.log,
+                                      self.train_seconds) if self._train_calibration_on() else 0.0)
+        summary = TrainSummary(steps=self.step, train_seconds=self.train_seconds, stopped_by=stopped_by,
+                               step_avg_ms=step_avg, tokens_per_second=tps, final_val=ema_v, final_val_raw=raw_v,
+                               ema=self.ema is not None, world_size=env.world_size, grad_accum=self.accum,
+                               calib_seconds=calib_s, charged_seconds=self.train_seconds + calib_s)
+        self.log.write_json(TRAIN_SUMMARY, summary.to_json())
         self.log.log(f"train_done steps:{self.step} train_time:{self.train_seconds * 1000:.0f}ms "
                      f"step_avg:{step_avg:.2f}ms tok/s:{tps:.0f}")
         return TrainResult(self.run_dir, self.step, self.train_seconds, stopped_by, tps, step_avg, ema_v)
@@ -417,37 +405,6 @@ class Trainer:
     def _train_calibration_on(self) -> bool:
         q = self.cfg.quant
         return q.method == "gptq" and q.calib_source == "train"
-
-    def _calibrate_on_train(self) -> float:
-        """GPTQ Hessians from the next training batches, on the final (EMA) weights, charged to the training
-        clock (its time is added to train time in `charged_seconds`; the cap was shortened by the reserve).
-        quant.calib_seqs sequences in all, dealt across ranks by the loader's rank striding; saved to
-        hessians.pt (tensors only, loaded with weights_only=True). Returns the seconds it took."""
-        from pgolf.quant.hessian import collect_hessians
-        from pgolf.quant.run import HESSIANS_FILE
-
-        q, env = self.cfg.quant, self.env
-        per_rank = len(range(env.rank, q.calib_seqs, env.world_size))
-        self._sync()
-        t0 = time.perf_counter()
-        seqs: list[torch.Tensor] = []
-        while sum(int(s.size(0)) for s in seqs) < per_rank:
-            for x, _ in self.loader.next_step():
-                seqs.append(x)
-        rows = torch.cat(seqs)[:per_rank].to(self.device)  # (per_rank, seq_len) training tokens
-        batches = list(rows.split(q.calib_batch))
-        self.raw_model.set_qat(0)  # the recorder must see the parameters themselves, not fake-quantized copies
-        H = collect_hessians(self.raw_model, batches, env, head=q.head_gptq)
-        self._sync()
-        secs = time.perf_counter() - t0
-        if env.is_main:
-            torch.save({k: v.cpu() for k, v in H.items()}, self.run_dir / HESSIANS_FILE)
-        self.log.timing("calibration_train", secs)
-        over = secs > self.cfg.quant.calib_reserve_seconds
-        self.log.log(f"calibration: {q.calib_seqs} training sequences, {len(H)} hessians in {secs:.1f}s "
-                     f"(reserve {q.calib_reserve_seconds:.1f}s{'; EXCEEDED the reserve' if over else ''}); "
-                     f"charged train_time:{(self.train_seconds + secs) * 1000:.0f}ms")
-        return secs
 
     def _log_val(self, v: dict, el: float, tag: str = "") -> None:
         prefix = f"{tag} " if tag else ""
@@ -459,27 +416,6 @@ class Trainer:
         self.log.metric(**rec)
 
 
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    import json
-
-    p = Path(run_dir) / "config.json"
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: not a pgolf run directory (no config.json)")
-    return from_dict(json.loads(p.read_text())["config"], source=str(p))
-
-
-def default_run_dir(cfg: RunConfig, env: DistEnv, root: str | Path = "runs") -> Path:
-    """runs/<run_id>, with run_id = cfg.run_id or <preset>_s<seed>_<UTC time>, agreed across ranks."""
-    name = cfg.run_id or f"{cfg.preset}_s{cfg.seed}_{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    if env.distributed:
-        import torch.distributed as dist
-
-        box = [name]
-        dist.broadcast_object_list(box, src=0)
-        name = box[0]
-    return Path(root) / name
-
-
 def train(cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          echo: bool = True) -> TrainResult:
-    return Trainer(cfg, env, run_dir, resume=resume, progress=progress, echo=echo).run()
+          echo: bool = True, log: RunLogger | None = None) -> TrainResult:
+    return Trainer(cfg, env, run_dir, resume=resume, progress=progress, echo=echo, log=log).run()

@@ -1,17 +1,26 @@
-"""`pgolf budget`: parameter count per role and a packed-size estimate at the configured bit widths.
+"""`pgolf budget`: parameter count per role and a packed-size estimate at the configured bit widths, or the
+measured code + artifact bytes of a run.
 
 The estimate is the size of the quantized values packed at their bit width plus one fp16 scale per
-row, before entropy coding: matrices at quant.matrix_bits, embedding tables (and an untied head) at
-quant.embed_bits, everything else fp16. The real artifact (issue 4) is measured, not estimated.
+row, before entropy coding, at the bit width the role policy gives each role (`ROLE_POLICY`: matrices
+at quant.matrix_bits, tables at quant.embed_bits, everything else fp16). `--run-dir` measures the real
+artifact instead.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
 from pgolf.config import RunConfig
 from pgolf.model.gpt import GPT
-from pgolf.model.roles import Role, role_of
+from pgolf.model.roles import Role, role_of, role_policy
+from pgolf.quant.container import artifact_bytes, read_artifact
+from pgolf.rundir import ARTIFACT, load_config
+from pgolf.tools.args import EXIT_FAIL, add_config_args, add_json, resolve_args
+from pgolf.tools.bundle import run_code_bytes
 
 BYTES_LIMIT_NOTE = "decimal bytes; the challenge cap is 16,000,000 including code"
 
@@ -29,12 +38,8 @@ def model_budget(cfg: RunConfig) -> dict:
         n = p.numel()
         by_role[role.value] += n
         rows = p.shape[0] if p.dim() == 2 else 1
-        if role is Role.MATRIX:
-            packed[role.value] += (n * cfg.quant.matrix_bits + 7) // 8 + 2 * rows
-        elif role in (Role.EMBED, Role.HEAD):
-            packed[role.value] += (n * cfg.quant.embed_bits + 7) // 8 + 2 * rows
-        else:
-            packed[role.value] += 2 * n
+        bits = role_policy(role).bits(cfg.quant)
+        packed[role.value] += 2 * n if bits is None else (n * bits + 7) // 8 + 2 * rows
     total = sum(by_role.values())
     return {
         "preset": cfg.preset,
@@ -51,13 +56,9 @@ def model_budget(cfg: RunConfig) -> dict:
 def run_budget(run_dir, *, code_bytes: int) -> dict:
     """Measured bytes of a quantized run: its artifact file + the code, against the config's limit. The
     artifact is read and checked (digest, manifest) first: a damaged file is never counted as valid."""
-    from pathlib import Path
 
-    from pgolf.quant.artifact import RUN_ARTIFACT, artifact_bytes, read_artifact
-    from pgolf.train.loop import load_run_config
-
-    cfg = load_run_config(run_dir)
-    path = Path(run_dir) / RUN_ARTIFACT
+    cfg = load_config(run_dir)
+    path = Path(run_dir) / ARTIFACT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no artifact (run `pgolf quantize --run-dir {run_dir}` first)")
     manifest, _ = read_artifact(path)
@@ -83,3 +84,24 @@ def format_budget(b: dict) -> str:
                  f"int{b['embed_bits']} tables, fp16 rest; before entropy coding; {BYTES_LIMIT_NOTE}: "
                  f"{b['artifact_bytes_limit']:,})")
     return "\n".join(lines)
+
+
+def cmd_budget(args) -> int:
+    if args.run_dir:
+        code = args.code_bytes if args.code_bytes is not None else run_code_bytes(args.run_dir)
+        b = run_budget(args.run_dir, code_bytes=code)
+        print(json.dumps(b, indent=2) if args.json else format_run_budget(b))
+        return 0 if b["valid"] else EXIT_FAIL
+    cfg, _ = resolve_args(args)
+    b = model_budget(cfg)
+    print(json.dumps(b, indent=2) if args.json else format_budget(b))
+    return 0
+
+
+def add_parser(verbs) -> None:
+    bu = verbs.add_parser("budget", help="parameter budget of a config, or code + artifact bytes of a run")
+    add_config_args(bu)
+    bu.add_argument("--run-dir", default=None, help="measure this run's artifact + code against the limit")
+    bu.add_argument("--code-bytes", type=int, default=None, help="with --run-dir: code bytes (default: bundle size)")
+    add_json(bu)
+    bu.set_defaults(fn=cmd_budget)

@@ -51,15 +51,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pgolf.audit.causality import (
+import pgolf
+from pgolf.config import SCORE_MODES, ConfigError, RunConfig, to_dict
+from pgolf.data.shards import ShardError, list_shards, load_val_tokens
+from pgolf.data.tokenizer import build_byte_luts, load_tokenizer, luts_to_torch, stream_target_bytes
+from pgolf.quant.artifact import load_artifact
+from pgolf.quant.container import read_artifact
+from pgolf.rundir import ARTIFACT, load_config
+from pgolf.runtime import DistEnv, resolve_precision
+from pgolf.scoring.evaluate import WARM_SEGMENTS, mode_plan
+from pgolf.scoring.ttt import audit_ledger, score_ttt
+from pgolf.tools.audit.causality import (
     TTT_MODES,
     ModeProbe,
     probe_mode,
     required_tokens,
+    run_mode,
     tolerance,
     too_short_for_ttt,
 )
-from pgolf.config import SCORE_MODES, ConfigError, RunConfig, to_dict
+from pgolf.tools.bundle import config_code_bytes
+from pgolf.tools.data.verify import VerifyError, doc_byte_counts, find_layout
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 CHECKS = ("causality", "ledger", "normalization", "coverage", "budgets", "data", "reference")
@@ -125,20 +137,18 @@ def _json(path: Path, required: bool = False):
 
 
 def load_run(run_dir: str | Path) -> Run:
-    from pgolf.quant.artifact import RUN_ARTIFACT
-    from pgolf.train.loop import load_run_config
 
     d = Path(run_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such run directory")
-    cfg = load_run_config(d)
+    cfg = load_config(d)
     results = _json(d / RESULTS_FILE, required=True)
     if not isinstance(results, dict) or not isinstance(results.get("modes"), dict) or not results["modes"]:
         raise ConfigError(f"{d / RESULTS_FILE}: no scored modes (expected {{'modes': {{mode: result}}}})")
     unknown = [m for m in results["modes"] if m not in SCORE_MODES]
     if unknown:
         raise ConfigError(f"{d / RESULTS_FILE}: unknown mode(s) {unknown}")
-    art = d / RUN_ARTIFACT
+    art = d / ARTIFACT
     if not art.is_file():
         raise FileNotFoundError(f"{art}: not found (the run has no artifact; run `pgolf quantize`)")
     return Run(d, cfg, results, art, _json(d / "quant_summary.json"), _json(d / "timings.json"),
@@ -156,8 +166,6 @@ class ValData:
 
 
 def load_val(cfg: RunConfig) -> ValData:
-    from pgolf.data.shards import ShardError, load_val_tokens
-    from pgolf.data.tokenizer import build_byte_luts, load_tokenizer
 
     if not Path(cfg.data.tokenizer_path).is_file():
         raise FileNotFoundError(f"{cfg.data.tokenizer_path}: tokenizer not found (config.json data.tokenizer_path)")
@@ -235,8 +243,6 @@ def ledger_problems(ledger: dict, plan) -> tuple[list[str], dict]:
 
 def check_ledger(run: Run, model, env, val: ValData, luts_t: dict, autocast_dtype, max_val_tokens: int | None,
                  log: Callable[[str], None] | None = None) -> CheckResult:
-    from pgolf.scoring.evaluate import WARM_SEGMENTS, mode_plan
-    from pgolf.scoring.ttt import audit_ledger, score_ttt
 
     modes = [m for m in run.modes if m in TTT_MODES]
     if not modes:
@@ -307,7 +313,6 @@ def check_normalization(probes: dict[str, ModeProbe], vocab_size: int) -> CheckR
 
 def _text_bytes(val: ValData, manifest: dict | None) -> tuple[int | None, str]:
     """Decoded-text bytes of the scored stream (whole documents), or the manifest's figure, or None."""
-    from pgolf.data.verify import doc_byte_counts
 
     n, total = val.scored_len, len(val.stream)
     if n == total and manifest and isinstance(manifest.get("val_normalized_text_bytes"), int) and (
@@ -322,7 +327,6 @@ def check_coverage(run: Run, probes: dict[str, ModeProbe], val: ValData, manifes
                    rescored: dict[str, dict] | None = None, device_type: str = "cpu") -> CheckResult:
     """rescored: {mode: evaluate() result on the whole scored stream with the run's own settings} where
     the probe's baseline used other warm-start segments (default: the probes' baselines)."""
-    from pgolf.data.tokenizer import stream_target_bytes
 
     n_all, n = len(val.stream), val.scored_len
     lut_total = stream_target_bytes(val.luts, val.stream[:n])
@@ -430,7 +434,6 @@ def _code_bytes(run: Run) -> tuple[int, dict]:
         return recorded, ev
     bundle = None
     try:
-        from pgolf.bundle import config_code_bytes
 
         bundle = config_code_bytes(run.cfg)
     except Exception as exc:  # the bundle is optional evidence; say why it is missing
@@ -520,8 +523,6 @@ def _digest(hashes: list[str]) -> str:
 
 
 def check_data(run: Run, val: ValData) -> CheckResult:
-    from pgolf.data.shards import list_shards
-    from pgolf.data.verify import VerifyError, find_layout
 
     cfg = run.cfg
     ev: dict = {"data_path": cfg.data.path}
@@ -549,7 +550,6 @@ def check_data(run: Run, val: ValData) -> CheckResult:
     calib = (run.quant or {}).get("calibration")
     art_calib = None
     try:
-        from pgolf.quant.artifact import read_artifact
 
         art_calib = read_artifact(run.artifact)[0].get("extra", {}).get("calibration")
     except Exception as exc:  # an unreadable artifact is reported, not raised
@@ -674,7 +674,6 @@ def audit(run_dir: str | Path, *, max_val_tokens: int | None = None, device: str
     max_val_tokens: the probe prefix for every mode (default: per mode, max(AUTO_MIN_TOKENS, what the
     mode's probes need), capped by the scored stream). device: "cpu" (exact), "cuda" or "auto".
     """
-    from pgolf.runtime import DistEnv
 
     checks = tuple(checks)
     bad = [c for c in checks if c not in CHECKS]
@@ -703,9 +702,6 @@ def audit(run_dir: str | Path, *, max_val_tokens: int | None = None, device: str
 
 
 def _audit(run: Run, env, checks: tuple[str, ...], max_val_tokens: int | None, log, t0: float) -> dict:
-    from pgolf.data.tokenizer import luts_to_torch
-    from pgolf.quant.artifact import load_artifact
-    from pgolf.train.loop import resolve_precision
 
     cfg, dev = run.cfg, env.device
     val = load_val(cfg)
@@ -720,7 +716,6 @@ def _audit(run: Run, env, checks: tuple[str, ...], max_val_tokens: int | None, l
         luts_t = luts_to_torch(val.luts, dev)
         amp, _ = resolve_precision(cfg, dev)
     if {"causality", "normalization", "coverage"} & set(checks):
-        from pgolf.scoring.evaluate import WARM_SEGMENTS
 
         for mode in run.modes:
             P = probe_prefix(mode, cfg, val.scored_len, max_val_tokens)
@@ -734,8 +729,6 @@ def _audit(run: Run, env, checks: tuple[str, ...], max_val_tokens: int | None, l
                                          problems=[f"{mode}: evaluation on the {P}-token prefix failed: {exc}"])
     manifest, rescored = None, {}
     if "coverage" in checks:
-        from pgolf.audit.causality import run_mode
-        from pgolf.data.verify import VerifyError, find_layout
 
         for mode, p in probes.items():  # the run's own warm-start segments where the probe changed them
             if p.baseline and p.prefix_tokens == val.scored_len and p.warm_segments != p.run_warm_segments:
@@ -762,7 +755,6 @@ def _audit(run: Run, env, checks: tuple[str, ...], max_val_tokens: int | None, l
         elif name == "reference":
             results[name] = check_reference(run)
     status = FAIL if any(r.status == FAIL for r in results.values()) else PASS
-    import pgolf
 
     report = {"run_dir": str(run.dir), "status": status, "device": str(dev), "pgolf": pgolf.__version__,
               "max_val_tokens": max_val_tokens, "modes": run.modes,

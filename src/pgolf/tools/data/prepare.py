@@ -18,7 +18,7 @@ Layout written under OUT::
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import shutil
 import time
@@ -27,10 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pgolf.data.docs import doc_hash, iter_docs
-from pgolf.data.shards import shard_name, write_shard
-from pgolf.data.tokenizer import load_tokenizer, normalized_text, train_tokenizer
+from pgolf.data.shards import sha256_file, shard_name, write_shard
+from pgolf.data.tokenizer import load_tokenizer
+from pgolf.errors import PgolfError
+from pgolf.files import atomic_write_json
 from pgolf.telemetry import Progress
+from pgolf.tools.data.docs import doc_hash, iter_docs
+from pgolf.tools.data.spm import normalized_text, train_tokenizer
 
 DEFAULT_SHARD_TOKENS = 100_000_000
 MANIFEST_NAME = "manifest.json"
@@ -38,7 +41,7 @@ DOC_HASHES_NAME = "doc_hashes.json"
 MANIFEST_FORMAT = "pgolf-data-1"
 
 
-class PrepareError(ValueError):
+class PrepareError(PgolfError, ValueError):
     pass
 
 
@@ -190,7 +193,7 @@ def prepare(docs: Sequence[str | os.PathLike], out: str | os.PathLike, *, val_do
         "dataset": dataset_dir_name(name, tag, vocab_size),
         "dataset_path": ds_dir.relative_to(out).as_posix(),
         "tokenizer_path": model_path.relative_to(out).as_posix(),
-        "tokenizer_sha256": _sha(model_path),
+        "tokenizer_sha256": sha256_file(model_path),
         "tokenizer_trained": tokenizer is None,
         "vocab_size": vocab_size,
         "bos_id": bos,
@@ -205,8 +208,8 @@ def prepare(docs: Sequence[str | os.PathLike], out: str | os.PathLike, *, val_do
         "train_docs_digest": _digest(hashes["train"]),
         "shards": writer.files,
     }
-    _write_json(out / DOC_HASHES_NAME, hashes)
-    _write_json(out / MANIFEST_NAME, manifest)
+    atomic_write_json(out / DOC_HASHES_NAME, hashes)
+    atomic_write_json(out / MANIFEST_NAME, manifest)
     log(f"prepare: {stats['docs_val']} val docs ({stats['tokens_val']} tokens, {writer.index['val']} shards), "
         f"{stats['docs_train']} train docs ({stats['tokens_train']} tokens, {writer.index['train']} shards) "
         f"-> {ds_dir} in {time.monotonic() - t0:.1f}s")
@@ -218,19 +221,5 @@ def _check_free(path: Path, force: bool) -> None:
         raise PrepareError(f"{path}: already exists; use --force to replace it")
 
 
-def _sha(path: Path) -> str:
-    from pgolf.data.shards import sha256_file
-
-    return sha256_file(path)
-
-
 def _digest(hashes: list[str]) -> str:
-    import hashlib
-
     return hashlib.sha256("".join(hashes).encode()).hexdigest()
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

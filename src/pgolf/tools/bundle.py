@@ -52,14 +52,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgolf.config import ConfigError, Override, RunConfig, apply_overrides, config_hash, diff, resolve
+import pgolf
+from pgolf.config import ConfigError, Override, RunConfig, apply_overrides, config_hash, diff
+from pgolf.presets import get_preset, resolve
+from pgolf.rundir import ARTIFACT, load_config
 
 ALLOWED_THIRD_PARTY = frozenset({"torch", "numpy", "sentencepiece", "brotli"})
 """The challenge environment: the only packages a runtime module may import at module level."""
 
-TOOLING = ("pgolf.__main__", "pgolf.cli", "pgolf.bench", "pgolf.bundle", "pgolf.budget", "pgolf.report",
-           "pgolf.data.fineweb", "pgolf.data.prepare", "pgolf.data.verify", "pgolf.audit")
-"""Tooling modules (and packages): never expected in the runtime closure; a warning names any that is."""
+TOOLING_PREFIX = "pgolf.tools"
+"""Tooling lives in this package; runtime modules never import it (a test pins that), so the runtime
+closure below never contains it. A tooling module found in the closure anyway is named in a warning."""
 
 BUNDLE_FILE = "train_gpt.py"
 VIRTUAL_ROOT = "<train_gpt.py>"
@@ -94,7 +97,6 @@ class ModuleInfo:
 
 
 def package_dir() -> Path:
-    import pgolf
 
     return Path(pgolf.__file__).resolve().parent
 
@@ -195,7 +197,7 @@ def runtime_closure(entry_source: str, root: Path | None = None) -> dict[str, Mo
 
 def tooling_in(modules: dict[str, ModuleInfo]) -> dict[str, str]:
     """{tooling module in the closure: the module that pulled it in}."""
-    return {n: i.imported_by for n, i in modules.items() if any(n == t or n.startswith(t + ".") for t in TOOLING)}
+    return {n: i.imported_by for n, i in modules.items() if n == TOOLING_PREFIX or n.startswith(TOOLING_PREFIX + ".")}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,7 +304,7 @@ def main(argv=None):
         return 2
     from pgolf import runtime
     from pgolf.pipeline import run_record
-    from pgolf.train.loop import default_run_dir
+    from pgolf.rundir import default_run_dir
 
     me = globals().get("__file__")
     code = open(me, "rb").read() if me and os.path.isfile(me) else b""
@@ -422,7 +424,6 @@ class Bundle:
 def bundle_overrides(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
     """(preset, {dotted key: value}) such that the preset plus these overrides rebuilds `cfg` (run_id
     aside: a label, not a setting, and not part of config_hash)."""
-    from pgolf.presets import get_preset
 
     base = get_preset(cfg.preset)
     over = {k: new for k, (_, new) in diff(cfg, base).items() if k not in ("run_id", "preset")}
@@ -434,7 +435,6 @@ def bundle_overrides(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
 
 def build_bundle(cfg: RunConfig, root: Path | None = None) -> Bundle:
     """Everything of the emitted train_gpt.py for config `cfg` (both forms)."""
-    import pgolf
 
     preset, over = bundle_overrides(cfg)
     modules = runtime_closure(_MAIN, root)
@@ -450,9 +450,8 @@ def config_code_bytes(cfg: RunConfig) -> int:
 
 def run_code_bytes(run_dir: str | os.PathLike) -> int:
     """config_code_bytes of a run directory's config."""
-    from pgolf.train.loop import load_run_config
 
-    return config_code_bytes(load_run_config(run_dir))
+    return config_code_bytes(load_config(run_dir))
 
 
 def compliance_label(cfg: RunConfig) -> str:
@@ -467,7 +466,6 @@ def compliance_label(cfg: RunConfig) -> str:
 
 
 def _readme(b: Bundle, sizes: dict[str, int], model_bytes: int | None, run_dir: Path | None) -> str:
-    from pgolf.presets import get_preset
 
     d = diff(b.cfg, get_preset(b.preset))
     d.pop("run_id", None)
@@ -506,8 +504,6 @@ def _readme(b: Bundle, sizes: dict[str, int], model_bytes: int | None, run_dir: 
 def write_record(b: Bundle, out: Path, *, compress: bool | None = None, force: bool = False,
                  run_dir: Path | None = None, name: str = "", author: str = "", github_id: str = "") -> dict:
     """Write the record folder; -> the bundle.json dict."""
-    import pgolf
-    from pgolf.quant.artifact import RUN_ARTIFACT
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a directory")
@@ -518,7 +514,7 @@ def write_record(b: Bundle, out: Path, *, compress: bool | None = None, force: b
     data = text.encode("utf-8")
     (out / BUNDLE_FILE).write_bytes(data)
     n_code = code_bytes(out / BUNDLE_FILE)
-    artifact = run_dir / RUN_ARTIFACT if run_dir is not None else None
+    artifact = run_dir / ARTIFACT if run_dir is not None else None
     model_bytes = artifact.stat().st_size if artifact is not None and artifact.is_file() else None
     total = n_code + model_bytes if model_bytes is not None else None
     limit = b.cfg.budget.artifact_bytes_limit
@@ -576,7 +572,6 @@ def _versions() -> dict[str, str]:
 
 
 def cmd_bundle(args) -> int:
-    from pgolf.train.loop import load_run_config
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     if run_dir is not None:
@@ -584,7 +579,7 @@ def cmd_bundle(args) -> int:
             raise ConfigError(f"--run-dir {run_dir}: no such directory")
         if args.sets:
             raise ConfigError("--set applies to --preset bundles; a run dir is bundled with its own config.json")
-        cfg = load_run_config(run_dir)
+        cfg = load_config(run_dir)
         if args.preset and args.preset != cfg.preset:
             raise ConfigError(f"--preset {args.preset} contradicts the run's preset {cfg.preset!r} ({run_dir})")
     elif args.preset:

@@ -22,12 +22,13 @@ import numpy as np
 
 from pgolf.data.shards import SPLITS, ShardError, check_token_range, open_shard, read_header, sha256_file
 from pgolf.data.tokenizer import ByteLUTs, build_byte_luts, load_tokenizer, target_bytes
+from pgolf.errors import PgolfError
 from pgolf.telemetry import Progress
 
 MANIFEST_NAMES = ("manifest.json", "reference.json")
 
 
-class VerifyError(ValueError):
+class VerifyError(PgolfError, ValueError):
     pass
 
 

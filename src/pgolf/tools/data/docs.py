@@ -17,12 +17,14 @@ from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
+from pgolf.errors import PgolfError
+
 DEFAULT_CORPUS = "default"
 DEFAULT_CORPUS_VAL_DOCS = 143
 
 
-class DocsError(ValueError):
-    pass
+class DocsError(PgolfError, ValueError):
+    """Documents that cannot be read; one line naming the file (and line)."""
 
 
 def default_corpus_path() -> Path:

@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import resource
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from pgolf.config import RunConfig
-from pgolf.runtime import DistEnv
+from pgolf.config import SCORE_MODES, RunConfig, SlotConfig, apply_overrides
+from pgolf.model.build import build_gpt
+from pgolf.model.roles import roles_by_name
+from pgolf.quant.artifact import load_artifact, save_model_artifact
+from pgolf.quant.calib import self_generated_batches
+from pgolf.quant.codecs import available_compressors, compress
+from pgolf.quant.container import build_payload
+from pgolf.quant.schemes import entropy_bytes, quantize_model
+from pgolf.quant.stage import calibration_hessians
+from pgolf.rundir import RunLogger, load_config, load_final_weights
+from pgolf.runtime import DistEnv, resolve_precision, session, sync
+from pgolf.scoring.evaluate import evaluate, load_eval_data, mode_plan
+from pgolf.tools.args import add_config_args, add_device, add_json, add_sets, prefixed_sets, resolve_args
+from pgolf.tools.evaltool import eval_model, eval_source, parse_modes
+from pgolf.train.loop import Trainer
+
+
+def replace_quant(cfg: RunConfig, **changes) -> RunConfig:
+    """cfg with quant fields changed (the benchmarks compare methods on one run)."""
+    return dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, **changes))
 
 
 def _peak_rss_mib() -> float:
@@ -18,23 +39,21 @@ def _peak_rss_mib() -> float:
 
 def bench_train(cfg: RunConfig, env: DistEnv, steps: int = 10) -> dict:
     """Time `steps` optimizer steps after the configured warm-up (compile), on the configured data."""
-    from pgolf.train.loop import Trainer
-
     with tempfile.TemporaryDirectory(prefix="pgolf-bench-") as tmp:
         tr = Trainer(cfg, env, tmp, progress=False, echo=False)
-        tr._setup()
+        tr.setup()
         if tr.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(tr.device)
         t_w = time.perf_counter()
         for _ in range(max(cfg.train.warmup_steps, 1)):
             tr.train_step(1.0, cfg.optim.muon_momentum)
-        tr._sync()
+        sync(tr.device)
         warm = time.perf_counter() - t_w
         t0 = time.perf_counter()
         loss = None
         for _ in range(steps):
             loss = tr.train_step(1.0, cfg.optim.muon_momentum)
-        tr._sync()
+        sync(tr.device)
         dt = time.perf_counter() - t0
         out = {
             "preset": cfg.preset,
@@ -67,30 +86,11 @@ def bench_quant(run_dir, env: DistEnv, *, modes: tuple[str, ...] = ("plain",), m
     """For a trained run: validation BPB of the float weights, RTN and GPTQ at the run's bit widths (each
     scored from an artifact written to and read back from disk), compressed bytes of every compressor
     and layout for the GPTQ tensors beside their order-0 entropy bound, and the time of each stage."""
-    import dataclasses
-    from pathlib import Path
-
-    from pgolf.config import apply_overrides
-    from pgolf.model.roles import roles_by_name
-    from pgolf.quant.artifact import (
-        available_compressors,
-        build_payload,
-        compress,
-        entropy_bytes,
-        load_artifact,
-        quantize_model,
-        save_model_artifact,
-    )
-    from pgolf.quant.run import calibration_hessians, replace_quant
-    from pgolf.scoring.evaluate import evaluate, load_run_model
-    from pgolf.telemetry import RunLogger
-    from pgolf.train.loop import load_run_config, resolve_precision
-
     run_dir = Path(run_dir)
-    cfg = apply_overrides(load_run_config(run_dir), list(sets))  # quant.* overrides (calibration, clip, ...)
+    cfg = apply_overrides(load_config(run_dir), list(sets))  # quant.* overrides (calibration, clip, ...)
     cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, modes=tuple(modes)))
     amp, _ = resolve_precision(cfg, env.device)
-    model = load_run_model(run_dir, cfg, env.device).float()
+    model = load_final_weights(run_dir, cfg, env.device).float()
     out: dict = {"run_dir": str(run_dir), "modes": list(modes), "max_val_tokens": max_val_tokens,
                  "matrix_bits": cfg.quant.matrix_bits, "embed_bits": cfg.quant.embed_bits, "device": str(env.device),
                  "quant": dataclasses.asdict(cfg.quant)}
@@ -140,17 +140,11 @@ def bench_calib(cfg: RunConfig, env: DistEnv, *, run_dir=None,
     """Self-generated calibration text: seconds and tokens/s of quant.calib_seqs x calib_seq_len with the KV
     cache and with PR #1019's full re-forward, on this rank's share (the run's trained weights with
     run_dir, else a fresh model of the config), and whether the two samplers drew the same tokens."""
-    import dataclasses
-
-    from pgolf.quant.calib import self_generated_batches
-    from pgolf.scoring.evaluate import load_run_model
-    from pgolf.train.loop import build_model, load_run_config, resolve_precision
-
     if run_dir is not None:
-        cfg = dataclasses.replace(load_run_config(run_dir), quant=cfg.quant)
-        model = load_run_model(run_dir, cfg, env.device).float()
+        cfg = dataclasses.replace(load_config(run_dir), quant=cfg.quant)
+        model = load_final_weights(run_dir, cfg, env.device).float()
     else:
-        model = build_model(cfg, env.device)
+        model = build_gpt(cfg.model, cfg.seed, env.device)
     amp, _ = resolve_precision(cfg, env.device)
     q = cfg.quant
     out: dict = {"preset": cfg.preset, "device": str(env.device), "world_size": env.world_size,
@@ -160,13 +154,11 @@ def bench_calib(cfg: RunConfig, env: DistEnv, *, run_dir=None,
     seqs = {}
     for name in samplers:
         qc = dataclasses.replace(q, calib_kv_cache=(name == "cache"))
-        if env.device.type == "cuda":
-            torch.cuda.synchronize(env.device)
+        sync(env.device)
         t = time.perf_counter()
         seqs[name] = self_generated_batches(model, qc, vocab_size=cfg.model.vocab_size, seed=cfg.seed, env=env,
                                             autocast_dtype=amp)
-        if env.device.type == "cuda":
-            torch.cuda.synchronize(env.device)
+        sync(env.device)
         dt = time.perf_counter() - t
         n_tok = sum(int(x.numel()) for x in seqs[name])
         out[name] = {"seconds": round(dt, 3), "tokens_per_second": round(n_tok / dt, 1), "tokens": n_tok}
@@ -188,11 +180,7 @@ def bench_eval(model, cfg: RunConfig, env: DistEnv, *, modes: tuple[str, ...] = 
     single-phase is SLOT_SINGLE_PHASE; every other score.slot setting is the config's. The comparison runs
     after the modes (kernels warm), single-phase first; time_ratio = cascaded / single-phase seconds.
     """
-    from dataclasses import replace
-
-    from pgolf.config import SCORE_MODES, SlotConfig
-    from pgolf.scoring.evaluate import evaluate, load_eval_data, mode_plan
-
+    replace = dataclasses.replace
     data = load_eval_data(cfg, env.device, max_val_tokens)
     kw = dict(data=data, autocast_dtype=autocast_dtype, weights=weights, progress=progress)
     res = evaluate(model, cfg, env, modes=modes or SCORE_MODES, **kw)
@@ -248,3 +236,91 @@ def format_bench_eval(r: dict) -> str:
     lines.append(f"  cascaded/single time ratio {c['time_ratio']:.3f} ({c['speedup_pct']:+.1f}% faster), "
                  f"evals ratio {c['evals_ratio']:.3f}, bpb delta {c['bpb_delta']:+.5f} (cascaded - single)")
     return "\n".join(lines)
+
+
+def format_bench_quant(r: dict) -> str:
+    lines = [f"run {r['run_dir']} ({r['device']}), int{r['matrix_bits']} matrices / int{r['embed_bits']} tables"]
+    for m in r["modes"]:
+        lines.append(f"{m:8s} float {r['float_bpb'][m]:.5f}  rtn {r['rtn_bpb'][m]:.5f} "
+                     f"({r['penalty'][m]['rtn']:+.5f})  gptq {r['gptq_bpb'][m]:.5f} ({r['penalty'][m]['gptq']:+.5f})")
+    c = r["calibration"]
+    lines.append(f"calibration {c.get('source')}: {c['seconds']:.1f}s; quantize rtn {r['rtn_quantize_seconds']:.1f}s, "
+                 f"gptq {r['gptq_quantize_seconds']:.1f}s")
+    e = r["entropy_bytes"]
+    lines.append(f"entropy bound {e['total']:,.0f} bytes (symbols {e['symbols']:,.0f} + scales {e['scales']:,.0f} "
+                 f"+ fp16 {e['passthrough']:,.0f})")
+    for k, v in sorted(r["compressed"].items(), key=lambda kv: kv[1]["bytes"]):
+        lines.append(f"  {k:14s} {v['bytes']:>12,} bytes  {v['bytes'] / e['total']:.3f}x entropy  {v['seconds']:.1f}s")
+    lines.append(f"artifact bytes: rtn {r['rtn_artifact_bytes']:,}, gptq {r['gptq_artifact_bytes']:,}")
+    return "\n".join(lines)
+
+
+def _print(env, res: dict, as_json: bool, text: str | None = None) -> None:
+    if env.is_main:
+        print(json.dumps(res, indent=2, default=str) if as_json else
+              (text if text is not None else "\n".join(f"{k}: {v}" for k, v in res.items())))
+
+
+def cmd_bench_train(args) -> int:
+    cfg, _ = resolve_args(args)
+    with session(args.device) as env:
+        _print(env, bench_train(cfg, env, steps=args.steps), args.json)
+    return 0
+
+
+def cmd_bench_quant(args) -> int:
+    sets = prefixed_sets(args.sets, "bench quant", ("quant.",))
+    modes = tuple(m.strip() for m in args.mode.split(","))
+    with session(args.device) as env:
+        res = bench_quant(args.run_dir, env, modes=modes, max_val_tokens=args.max_val_tokens,
+                          progress=not args.json, sets=tuple(sets))
+        _print(env, res, args.json, None if args.json else format_bench_quant(res))
+    return 0
+
+
+def cmd_bench_calib(args) -> int:
+    cfg, _ = resolve_args(args)
+    samplers = ("cache",) if args.cache_only else ("cache", "nocache")
+    with session(args.device) as env:
+        _print(env, bench_calib(cfg, env, run_dir=args.run_dir, samplers=samplers), args.json)
+    return 0
+
+
+def cmd_bench_eval(args) -> int:
+    cfg, source = eval_source(args)
+    modes = parse_modes(args.mode, SCORE_MODES)
+    with session(args.device) as env:
+        model, cfg, amp = eval_model(source, cfg, env)
+        res = bench_eval(model, cfg, env, modes=modes, max_val_tokens=args.max_val_tokens, autocast_dtype=amp,
+                         weights=source.label, progress=not args.json)
+        _print(env, res, args.json, None if args.json else format_bench_eval(res))
+    return 0
+
+
+def add_parsers(verbs, add_eval_args) -> None:
+    be = verbs.add_parser("bench", help="benchmarks that print figures")
+    bs = be.add_subparsers(dest="sub", metavar="SUB", required=True)
+    bt = bs.add_parser("train", help="training throughput (tokens/s) and peak memory")
+    add_config_args(bt)
+    bt.add_argument("--steps", type=int, default=10, help="timed steps after the warm-up")
+    add_device(bt)
+    add_json(bt)
+    bt.set_defaults(fn=cmd_bench_train)
+    bev = bs.add_parser("eval", help="eval windows/s and seconds per mode; single-phase vs cascaded SLOT")
+    add_eval_args(bev, "comma-separated modes to time (default: all five)")
+    bev.set_defaults(fn=cmd_bench_eval)
+    bc = bs.add_parser("calib", help="self-generated calibration: KV-cached vs re-forward sampling speed")
+    add_config_args(bc)
+    bc.add_argument("--run-dir", default=None, help="use this run's trained weights (default: fresh init)")
+    bc.add_argument("--cache-only", action="store_true", help="skip the slow re-forward sampler")
+    add_device(bc)
+    add_json(bc)
+    bc.set_defaults(fn=cmd_bench_calib)
+    bq = bs.add_parser("quant", help="float vs RTN vs GPTQ BPB, compressor sizes vs entropy, quantization time")
+    bq.add_argument("--run-dir", required=True)
+    bq.add_argument("--mode", default="plain", help="scoring modes for the BPB comparison (default plain)")
+    bq.add_argument("--max-val-tokens", type=int, default=0)
+    add_sets(bq, "override quant.* keys (calibration size, clip rule, bits, ...)")
+    add_device(bq)
+    add_json(bq)
+    bq.set_defaults(fn=cmd_bench_quant)

@@ -33,7 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgolf.config import ConfigError
+import pgolf
+from pgolf.config import ConfigError, diff, flatten
+from pgolf.presets import PRESETS, get_preset
+from pgolf.rundir import load_config
 
 MARGIN_NATS = 0.005
 """The record bar: the mean val_loss must improve by at least this many nats/token (STACK.md section 9.1)."""
@@ -174,7 +177,6 @@ def read_metrics(p: Path) -> tuple[list[dict], int]:
 
 def load_run(run_dir: str | Path) -> Run:
     """Parse one run directory; missing or malformed required files raise one-line errors naming the file."""
-    from pgolf.train.loop import load_run_config
 
     d = Path(run_dir)
     if not d.is_dir():
@@ -192,7 +194,7 @@ def load_run(run_dir: str | Path) -> Run:
         if not isinstance(results.get(k), int | float):
             raise ConfigError(f"{res_path}: {k!r} is missing or not a number")
     try:
-        cfg = load_run_config(d)
+        cfg = load_config(d)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ConfigError(f"{d / 'config.json'}: unreadable run config ({e.__class__.__name__}: {e})") from None
     run = Run(path=d, cfg=cfg, results=results)
@@ -332,7 +334,6 @@ def run_facts(run: Run) -> dict:
 
 
 def _cfg_key(cfg) -> dict:
-    from pgolf.config import flatten
 
     flat = flatten(cfg)
     for k in ("seed", "run_id"):
@@ -771,7 +772,6 @@ def submission(rep: dict, *, name: str = "", author: str = "", github_id: str = 
     cal = q.get("calibration") or {}
     calib = (f"{cal.get('source', '?')} ({cal.get('seqs', '?')} seqs x {cal.get('seq_len', '?')} tokens"
              + (f", temp={cal['temperature']}" if "temperature" in cal else "") + ")") if cal else None
-    import pgolf
 
     technique = (f"pgolf {pgolf.__version__} preset {rep['preset']}: {q.get('method', '?')} "
                  f"int{q.get('matrix_bits', '?')} matrices / int{q.get('embed_bits', '?')} tables, "
@@ -852,8 +852,6 @@ def readme(rep: dict, sub: dict) -> str:
         parts += ["", "## Warnings", ""] + [f"- {w}" for w in rep["warnings"]]
     cfg = rep["_runs"][0].cfg if rep.get("_runs") else None
     if cfg is not None:
-        from pgolf.config import diff
-        from pgolf.presets import PRESETS, get_preset
 
         if cfg.preset in PRESETS:
             d = {k: v for k, v in diff(cfg, get_preset(cfg.preset)).items() if k not in ("seed", "run_id")}

@@ -61,6 +61,7 @@ from huggingface_hub.errors import (
 from tqdm import tqdm
 
 from pgolf.data.shards import ShardError, read_header
+from pgolf.errors import PgolfError
 
 DEFAULT_REPO = "willdepueoai/parameter-golf"
 DEFAULT_REMOTE_ROOT = "datasets"
@@ -88,7 +89,7 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 _NETWORK_ERRORS = _network_errors()
 
 
-class FinewebError(RuntimeError):
+class FinewebError(PgolfError, RuntimeError):
     """A download that cannot complete; `str()` is always a single line."""
 
     def __init__(self, message: str):
