@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
 
 @pytest.fixture(autouse=True)
 def _restore_torch_state():
@@ -41,11 +39,6 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def shared_dir() -> Path:
-    """../shared beside the checkout (present on developer machines and in CI)."""
-    return SHARED
-
-
 @pytest.fixture(scope="session")
 def tiny_docs(tmp_path_factory) -> Path:
     """A small JSONL corpus: the embedded corpus's 143 validation documents, then 200 training ones."""
@@ -75,16 +68,3 @@ def tiny_data(tiny_docs, tmp_path_factory):
     return manifest
 
 
-def perturbed_tiny_model(*sets: str):
-    """The tiny-preset GPT in float64, eval mode, with seeded perturbed weights (o/down are zero at init,
-    so an unperturbed model would be a trivial function of its input)."""
-    from pgolf.model.gpt import GPT
-    from pgolf.presets import resolve
-
-    cfg, _ = resolve("tiny", list(sets), env={})
-    torch.manual_seed(0)
-    m = GPT(cfg.model).double().eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m

@@ -1,7 +1,7 @@
 """Named presets: functions returning a full RunConfig (variants derive with dataclasses.replace),
 and `resolve()`: a preset overridden once by the environment and `--set` (see pgolf.config.overrides).
 
-- `record`: the V20 stack of STACK.md sections 3-5 on 8xH100 (600 s), qk_gain 5.0, BigramHash 3072x112.
+- `record`: the V20 stack of docs/DESIGN.md#model on 8xH100 (600 s), qk_gain 5.0, BigramHash 3072x112.
 - `cpu`:    the best model we can train in 600 s on a 2-core CPU (tuned in dev/LOG.md).
 - `tiny`:   every component on, at toy size, for tests (seconds on CPU).
 - `baseline`: the challenge's naive baseline shape (9 plain layers, ReLU^2, no V20 extras), 8xH100.

@@ -9,9 +9,8 @@ from pgolf.config import SCORE_MODES
 from pgolf.presets import resolve
 from pgolf.runtime import DistEnv
 from pgolf.scoring.evaluate import EvalData, evaluate
-from tests.conftest import perturbed_tiny_model
-from tests.distributed.helpers import spawn_gloo
-from tests.unit.test_slot import make_data
+from tests.helpers.dist import spawn_gloo
+from tests.helpers.models import make_data, perturbed_tiny_model
 
 SETS = ["score.seq_len=48", "score.sliding.stride=16", "score.sliding.batch_windows=4", "score.slot.focal=16",
         "score.slot.phase_iters=3,5", "score.slot.phase_history=5,5", "score.ttt.chunk_tokens=64",

@@ -8,7 +8,7 @@ from torch import nn
 
 from pgolf.optim.muon import Muon
 from pgolf.runtime import DistEnv
-from tests.distributed.helpers import spawn_gloo
+from tests.helpers.dist import spawn_gloo
 
 pytestmark = pytest.mark.dist
 

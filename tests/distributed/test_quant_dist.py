@@ -11,8 +11,8 @@ from pgolf.presets import resolve
 from pgolf.quant.calib import hessian_inputs, self_generated_batches
 from pgolf.quant.hessian import collect_hessians
 from pgolf.runtime import DistEnv
-from tests.conftest import perturbed_tiny_model
-from tests.distributed.helpers import spawn_gloo
+from tests.helpers.dist import spawn_gloo
+from tests.helpers.models import perturbed_tiny_model
 
 pytestmark = pytest.mark.dist
 

@@ -12,7 +12,7 @@ import torch
 from pgolf.presets import resolve
 from pgolf.runtime import DistEnv
 from pgolf.train.loop import Trainer
-from tests.distributed.helpers import spawn_gloo
+from tests.helpers.dist import spawn_gloo
 
 pytestmark = pytest.mark.dist
 

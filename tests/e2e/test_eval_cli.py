@@ -18,7 +18,7 @@ from pgolf.runtime import DistEnv
 from pgolf.tools.cli import main
 from pgolf.tools.evaltool import FLOAT_WEIGHTS_LABEL
 from pgolf.train.loop import Trainer
-from tests.e2e.test_train import tiny_cfg
+from tests.helpers.runs import tiny_cfg
 
 MAX_TOKENS = "1201"  # 1,200 targets: T = 64, S = 16 -> 72 sliding windows, TTT chunks of 256 -> 5 chunks
 ALL = ",".join(SCORE_MODES)

@@ -12,7 +12,7 @@ from pgolf.data.tokenizer import load_tokenizer
 from pgolf.tools.data.docs import DocsError, iter_docs
 from pgolf.tools.data.prepare import PrepareError, prepare
 from pgolf.tools.data.verify import verify
-from tests.conftest import shared_dir
+from tests.helpers.paths import shared_dir
 
 REF = shared_dir() / "reference"
 DEV = shared_dir() / "corpus" / "dev"

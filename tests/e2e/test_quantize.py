@@ -13,7 +13,7 @@ from pgolf.rundir import ARTIFACT, HESSIANS, load_config, load_final_weights
 from pgolf.runtime import DistEnv
 from pgolf.scoring.evaluate import evaluate
 from pgolf.train.loop import Trainer
-from tests.e2e.test_train import cli_sets, run_cli, tiny_cfg
+from tests.helpers.runs import cli_sets, run_cli, tiny_cfg
 
 MAX_VAL = 4096
 

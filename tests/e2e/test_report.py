@@ -12,7 +12,7 @@ import json
 import pytest
 
 from pgolf.tools.report import PLOT_DPI, PLOT_FILES, PLOT_SIZE, add_report_parser, png_size
-from tests.unit.test_report import make_run
+from tests.helpers.runs import make_run
 
 SECTION_9_3 = ("author", "github_id", "name", "blurb", "date", "val_loss", "val_bpb", "bytes_total", "bytes_code",
                "track", "val_loss_std", "val_bpb_std", "seeds", "seed_results", "t_statistic", "welch_df",

@@ -6,37 +6,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from pgolf.presets import resolve
 from pgolf.runtime import DistEnv
 from pgolf.train.loop import Trainer
-
-
-def tiny_cfg(tiny_data, *sets):
-    cfg, _ = resolve("tiny", [f"data.path={tiny_data['dataset_dir']}", f"data.tokenizer_path={tiny_data['tokenizer']}",
-                              *sets], env={})
-    return cfg
-
-
-def cli_sets(tiny_data, *sets):
-    out = []
-    for s in (f"data.path={tiny_data['dataset_dir']}", f"data.tokenizer_path={tiny_data['tokenizer']}", *sets):
-        out += ["--set", s]
-    return out
-
-
-def run_cli(args, **kw):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGOLF_")}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, "-m", "pgolf", *args], capture_output=True, text=True, env=env, **kw)
-
-
-def final_weights(run_dir):
-    return torch.load(Path(run_dir) / "model_final.pt", weights_only=True)
+from tests.helpers.runs import cli_sets, final_weights, run_cli, tiny_cfg
 
 
 def test_tiny_training_writes_a_complete_run_dir(tmp_path, tiny_data):

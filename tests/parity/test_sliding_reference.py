@@ -10,8 +10,8 @@ from pgolf.runtime import DistEnv
 from pgolf.scoring.plain import score_plain
 from pgolf.scoring.plan import plain_plan, sliding_plan
 from pgolf.scoring.sliding import score_windows
-from tests.conftest import perturbed_tiny_model
-from tests.distributed.helpers import spawn_gloo
+from tests.helpers.dist import spawn_gloo
+from tests.helpers.models import perturbed_tiny_model
 
 
 def _model(rope_ref_len=0):

@@ -20,8 +20,7 @@ from pgolf.runtime import DistEnv, rank_share
 from pgolf.scoring.evaluate import EvalData, evaluate, mode_plan, rank_window_count
 from pgolf.scoring.slot import rank_segments, segments
 from pgolf.scoring.ttt import chunk_windows
-from tests.conftest import perturbed_tiny_model
-from tests.unit.test_slot import make_data
+from tests.helpers.models import make_data, perturbed_tiny_model
 
 
 def rank_windows(mode, plan, cfg, env, warm_segments):

@@ -15,9 +15,8 @@ from pgolf.runtime import DistEnv
 from pgolf.scoring.evaluate import mode_plan
 from pgolf.tools.audit.causality import probe_mode, probe_points, run_mode
 from pgolf.tools.audit.checks import Run, ValData, check_budgets, check_data, ledger_problems, on_target_hardware
-from tests.conftest import perturbed_tiny_model
-from tests.unit.test_causality import SETS
-from tests.unit.test_slot import make_data
+from tests.helpers.models import CAUSALITY_SETS as SETS
+from tests.helpers.models import make_data, perturbed_tiny_model
 
 N = 208  # T = 48, S = 16, 4 windows per batch, TTT chunks of 64 (tests/unit/test_causality.py)
 

@@ -14,7 +14,7 @@ from pgolf.data.tokenizer import (
     target_bytes_torch,
 )
 from pgolf.tools.data.spm import normalized_text
-from tests.conftest import shared_dir
+from tests.helpers.paths import shared_dir
 
 REF_TOKENIZER = shared_dir() / "reference" / "tokenizers" / "fineweb_1024_bpe.model"
 

@@ -15,8 +15,8 @@ import pytest
 from pgolf.presets import resolve
 from pgolf.runtime import DistEnv
 from pgolf.scoring.evaluate import EvalData, evaluate
-from tests.conftest import perturbed_tiny_model
-from tests.unit.test_slot import flipped, make_data
+from tests.helpers.models import CAUSALITY_SETS as SETS
+from tests.helpers.models import flipped, make_data, perturbed_tiny_model
 
 N = 208
 # T = 48, S = 16, 4 windows per batch, 16-position focal range, TTT chunks of 64 targets, 2 warm-start
@@ -24,9 +24,6 @@ N = 208
 # batch 1 (windows 4-7) inside TTT chunk 1; 129 -> target 128, window 6's first scored target, which
 # window 7 of the same batch adapts on, and the first target of chunk 2.
 FLIPS = (97, 129)
-SETS = ["score.seq_len=48", "score.sliding.stride=16", "score.sliding.batch_windows=4", "score.slot.focal=16",
-        "score.slot.phase_iters=5,18", "score.slot.phase_history=10,20", "score.slot.phase_alpha=0,0.5",
-        "score.ttt.chunk_tokens=64", "score.ttt.epochs=2", "score.ttt.lr=0.02", "score.ttt.batch_seqs=2"]
 SINGLE = ["score.slot.phase_iters=25", "score.slot.phase_history=20", "score.slot.phase_alpha=0"]
 COMPLIANT_MODES = ("plain", "sliding", "slot", "ttt", "ttt+slot")
 

@@ -11,7 +11,7 @@ import torch
 from pgolf.quant.calib import generate_batch, hessian_inputs, rank_batches, self_generated_batches
 from pgolf.quant.prune import apply_prune, prune_candidates, prune_to_target
 from pgolf.runtime import DistEnv
-from tests.conftest import perturbed_tiny_model
+from tests.helpers.models import perturbed_tiny_model
 
 
 def _tensors(seed: int = 0) -> dict:

@@ -7,37 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from pgolf.config import SlotConfig
-from pgolf.data.tokenizer import ByteLUTs, luts_to_torch
 from pgolf.runtime import DistEnv
 from pgolf.scoring.bpb import ScoreAccumulator
 from pgolf.scoring.modes import SHARED_SLOT, SLOT_COMPLIANT, noncompliant
 from pgolf.scoring.plan import sliding_plan
 from pgolf.scoring.sliding import score_windows
 from pgolf.scoring.slot import SlotRunner, score_slot, segments
-from tests.conftest import perturbed_tiny_model
-from tests.distributed.helpers import spawn_gloo
-
-T, S, BW, FOCAL, N = 48, 16, 4, 16, 300
-# stream indices m to flip: batch boundary (target 96 = first of batch 1), window boundary (target 128
-# = first of window 6), inside scored regions, and the warm-segment boundary (target 160) for 2 segments
-FLIPS = (97, 129, 150, 161, 250)
-
+from tests.helpers.dist import spawn_gloo
+from tests.helpers.models import BW, FLIPS, FOCAL, S, T, flipped, make_data, make_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_model():
-    return perturbed_tiny_model()
-
-
-def make_data(n=N, V=512, seed=0):
-    """A Zipf-distributed synthetic token stream and random byte LUTs (no tokenizer needed)."""
-    rng = np.random.default_rng(seed)
-    pz = 1.0 / np.arange(1, V + 1) ** 1.1
-    stream = rng.choice(V, size=n, p=pz / pz.sum()).astype(np.int64)
-    luts = ByteLUTs(base_bytes=rng.integers(1, 4, V).astype(np.int64), has_leading_space=rng.random(V) < 0.3,
-                    is_boundary=rng.random(V) < 0.05)
-    return stream, luts_to_torch(luts)
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +29,6 @@ def run(model, stream, plan, luts_t, cfg, bw=BW, env=None, **kw):
     nll = np.full(plan.n_targets, np.nan)
     score, info = score_slot(model, stream, plan, luts_t, env or DistEnv(), cfg, batch_windows=bw, nll_out=nll, **kw)
     return score, info, nll
-
-
-def flipped(stream, m, V=512):
-    s = stream.copy()
-    s[m] = (s[m] + 1) % V
-    return s
 
 
 CAUSAL_CFGS = {

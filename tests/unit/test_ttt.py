@@ -11,8 +11,8 @@ from pgolf.scoring.modes import PREQUANT_TTT, noncompliant
 from pgolf.scoring.plan import sliding_plan
 from pgolf.scoring.sliding import score_windows
 from pgolf.scoring.ttt import audit_ledger, block_lr_mults, chunk_windows, score_ttt
-from tests.distributed.helpers import spawn_gloo
-from tests.unit.test_slot import BW, FOCAL, S, T, flipped, make_data, make_model
+from tests.helpers.dist import spawn_gloo
+from tests.helpers.models import BW, FOCAL, S, T, flipped, make_data, make_model
 
 CHUNK = 64
 # flips: inside chunk 1's targets, at a chunk boundary (target 128 starts chunk 2), late in the stream

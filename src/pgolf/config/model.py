@@ -10,7 +10,7 @@ from pgolf.config.base import _require
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """The GPT of STACK.md section 3. Every component can be switched off for ablations."""
+    """The GPT of docs/DESIGN.md#model. Every component can be switched off for ablations."""
 
     vocab_size: int = 1024
     """Model vocabulary (must cover the tokenizer's ids; shards are refused if a token is >= it)."""

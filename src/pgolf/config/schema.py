@@ -22,7 +22,7 @@ class DataConfig:
     """Directory holding fineweb_train_*.bin and fineweb_val_*.bin (challenge: DATA_PATH)."""
     tokenizer_path: str = "data/tokenizers/fineweb_1024_bpe.model"
     loader: Literal["coprime", "sequential"] = "coprime"
-    """coprime = the multi-shard coprime-stride sampler (STACK.md section 2); sequential = the baseline's."""
+    """coprime = the multi-shard coprime-stride sampler (docs/DESIGN.md#data-loader); sequential = the baseline's."""
     train_shards: int = 0
     """Use only the first k training shards (0 = all)."""
     mix_min_shards: int = 8
@@ -46,7 +46,7 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """The training loop (STACK.md section 4)."""
+    """The training loop (docs/DESIGN.md#training)."""
 
     seq_len: int = 2048
     batch_tokens: int = 786_432
@@ -98,7 +98,7 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
-    """Optimizer groups by parameter role (STACK.md section 4.2-4.3)."""
+    """Optimizer groups by parameter role (docs/DESIGN.md#train-optimizers)."""
 
     matrix_optimizer: Literal["muon", "adamw"] = "muon"
     matrix_lr: float = 0.025
@@ -134,7 +134,7 @@ class OptimConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class QuantConfig:
-    """Post-training quantization and the artifact (STACK.md section 5)."""
+    """Post-training quantization and the artifact (docs/DESIGN.md#quantization)."""
 
     method: Literal["gptq", "rtn", "none"] = "gptq"
     matrix_bits: int = 6
@@ -154,7 +154,7 @@ class QuantConfig:
     head_gptq: bool = True
     """With method=gptq: GPTQ the output head's table (the tied token embedding, or the untied head) at
     embed_bits with the Hessian of the head's input, each row's clip chosen by output error; False = the
-    original one-clip RTN (STACK.md 5.1). The lookup of a tied table is not in that Hessian, so it is
+    original one-clip RTN (docs/DESIGN.md#quant-schemes). The lookup of a tied table is not in that Hessian, so it is
     damped harder (head_damp) to keep the rows near RTN's error (dev/LOG.md, 2026-11-26)."""
     head_damp: float = 0.3
     calib_source: Literal["selfgen", "train"] = "selfgen"
@@ -201,7 +201,7 @@ class SlidingConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SlotConfig:
-    """Causal SLOT: a per-window logit bias fitted on already-scored positions (STACK.md section 8.4)."""
+    """Causal SLOT: a per-window logit bias fitted on already-scored positions (docs/DESIGN.md#eval-slot)."""
 
     phase_iters: tuple[int, ...] = (5, 18)
     """L-BFGS iteration cap of each phase (the V20 cascade: 5 then 18)."""
@@ -234,7 +234,7 @@ class SlotConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TTTConfig:
-    """Test-time training (STACK.md section 7.2)."""
+    """Test-time training (docs/DESIGN.md#eval-ttt)."""
 
     mode: Literal["score_first", "prequant"] = "score_first"
     """prequant = the withdrawn entry's training on all validation tokens first: NON-COMPLIANT."""
@@ -266,7 +266,7 @@ SCORE_MODES = ("plain", "sliding", "slot", "ttt", "ttt+slot")
 
 @dataclass(frozen=True, kw_only=True)
 class ScoreConfig:
-    """Evaluation of the artifact on the validation stream (STACK.md sections 6-8)."""
+    """Evaluation of the artifact on the validation stream (docs/DESIGN.md#evaluation)."""
 
     modes: tuple[str, ...] = ("sliding",)
     """Evaluation modes, any of SCORE_MODES (plain, sliding, slot, ttt, ttt+slot)."""

@@ -6,14 +6,14 @@ Geometry ("same math at every world size")
     G = train.batch_tokens // train.seq_len global sequences per optimizer step. Each step draws ONE
     global list of G windows of seq_len + 1 tokens; the list depends only on the shard files, the
     step counter and the data config, never on rank, world size or accumulation. Rank r takes
-    ``windows[r::W]`` (rank striding, STACK.md section 2 step 6), and micro-batch a of that rank takes
+    ``windows[r::W]`` (rank striding, docs/DESIGN.md#data-loader step 6), and micro-batch a of that rank takes
     every A-th of those, ``rank_windows[a::A]``, i.e. the global ``windows[r + W*a :: W*A]``.
     Striding the micro-batches too (instead of cutting consecutive chunks) makes the split a pure
     function of the "virtual rank" q = r + W*a out of W*A: 1 rank x accumulation 2 trains on exactly
     the same micro-batches, in the same order, as 2 ranks x accumulation 1. Whatever the split, the
     union of a step's windows is the same list, so the summed gradient is the same.
 
-`CoprimeLoader` -- STACK.md section 2 (the multi-shard coprime-stride sampler of `[R1060]`), with
+`CoprimeLoader` -- docs/DESIGN.md#data-loader (the multi-shard coprime-stride sampler of `[R1060]`), with
 two deliberate differences:
 
 (a) The 64-bit PCG64 seed is FNV-1a-style over the shard FILE NAMES (basenames, in sorted order,
@@ -224,7 +224,7 @@ class ShardCursor:
 
 
 class CoprimeLoader:
-    """STACK.md section 2 with the two documented differences (module docstring)."""
+    """docs/DESIGN.md#data-loader with the two documented differences (module docstring)."""
 
     kind = "coprime"
 

@@ -1,4 +1,4 @@
-"""The challenge's token shard format (STACK.md section 1.1), read through memory maps.
+"""The challenge's token shard format (docs/DESIGN.md#data-shards), read through memory maps.
 
 Layout of one `.bin` shard::
 

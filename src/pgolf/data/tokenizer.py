@@ -1,6 +1,6 @@
 """SentencePiece tokenizer: the challenge's training settings and its byte lookup tables.
 
-Bits per byte charges each scored target y_t (preceded by input token x_t) with (docs/DESIGN.md#data-bytes)::
+Bits per byte charges each scored target y_t (preceded by input token x_t) with (docs/DESIGN.md#data-bpb)::
 
     bytes_t = base_bytes[y_t] + (1 if has_leading_space[y_t] and not is_boundary[x_t] else 0)
 

@@ -1,8 +1,8 @@
-"""The GPT of STACK.md section 3 (the PR #1019 backbone used by the V20 stack).
+"""The GPT of docs/DESIGN.md#model (the PR #1019 backbone used by the V20 stack).
 
 Shape legend: see `pgolf.model.layers` (B batch, T time, D model_dim, V vocab, H/Hkv heads, Dh head_dim).
 
-Forward (STACK 3.2):
+Forward (docs/DESIGN.md#model-forward):
     e  = rms(tok_emb[x] + BigramHash(x));  x0 = SmearGate(e)
     encoder blocks 0 .. L//2-1 push their outputs; decoder block i first adds skip_w[i] * pop() (LIFO)
     h  = rms(x);  logits = c * tanh(h @ W_head^T / c), W_head = tok_emb when tied
@@ -33,7 +33,7 @@ from pgolf.model.layers import (
 )
 from pgolf.model.roles import Role, count_by_role, tag
 
-# Init constants of PR #1019 (STACK 3.5-3.7).
+# Init constants of PR #1019 (docs/DESIGN.md#model-init).
 _BIGRAM_SCALE_INIT = 0.05
 _VE_TABLE_STD = 0.01
 _VE_SCALE_INIT = 0.1
@@ -62,7 +62,7 @@ class GPT(nn.Module):
                    if cfg.ve_layers else None)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_dims, cfg.rope_base, cfg.rope_ref_len)
         self.blocks = nn.ModuleList(Block(cfg, layer, attn_impl) for layer in range(cfg.num_layers))
-        # U-Net skips (STACK 3.2 step 2): encoder = first L//2 blocks; decoder block i < L//2 gets a skip.
+        # U-Net skips (docs/DESIGN.md#model-forward step 2): encoder = first L//2 blocks; decoder block i < L//2 gets a skip.
         self.num_encoder = cfg.num_layers // 2
         self.skip_weights = (tag(nn.Parameter(torch.empty(self.num_encoder, d)), Role.SCALAR)  # (L//2, D)
                              if cfg.unet_skips and self.num_encoder > 0 else None)
@@ -71,7 +71,7 @@ class GPT(nn.Module):
         self.init_weights()
 
     # ----------------------------------------------------------------------------------------------
-    # Initialization (STACK 3.7)
+    # Initialization (docs/DESIGN.md#model-init)
     # ----------------------------------------------------------------------------------------------
 
     def _init_matrix(self, w: Tensor, generator: torch.Generator | None) -> None:
@@ -89,7 +89,7 @@ class GPT(nn.Module):
         - tok_emb ~ N(0, tied_embed_init_std); q, k, v, up orthogonal (gain 1); o, down zero, so every
           block is the identity at init.
         - Bigram and VE projections orthogonal: PR #1019's generic orthogonal pass overrides their zero
-          init (STACK 3.7). PR #1019 applies that pass only when both dims are >= 64; we apply it at any
+          init (docs/DESIGN.md#model-init). PR #1019 applies that pass only when both dims are >= 64; we apply it at any
           size (identical at the record shape) because a zero projection times the zero bigram table
           would never receive a gradient at toy sizes.
         - Bigram table 0 (branch outputs 0 at step 0), scale 0.05; VE table ~ N(0, 0.01), shared scale

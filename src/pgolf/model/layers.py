@@ -1,4 +1,4 @@
-"""Building blocks of the GPT of STACK.md section 3 (eager, readable; no fused kernels here).
+"""Building blocks of the GPT of docs/DESIGN.md#model (eager, readable; no fused kernels here).
 
 Shape legend (used in comments and suffixes throughout `pgolf.model`):
     B  batch (sequences / windows)         T  sequence length
@@ -32,7 +32,7 @@ AttnImpl = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def rms_norm(x: Tensor) -> Tensor:
-    """Functional RMSNorm over the last dim, no learnable scale, PyTorch's default eps (STACK 3.2)."""
+    """Functional RMSNorm over the last dim, no learnable scale, PyTorch's default eps (docs/DESIGN.md#model-forward)."""
     return F.rms_norm(x, (x.size(-1),))
 
 
@@ -40,7 +40,7 @@ def fake_quant_ste(w: Tensor, bits: int) -> Tensor:
     """Straight-through fake quantization of a matrix to a symmetric per-row int grid (late QAT).
 
     Forward: round(w / s) * s with s = max|row| / (2^(bits-1) - 1), clamped to the grid; backward:
-    identity (the gradient w.r.t. the quantized weight flows to w unchanged). STACK.md 4.6 explains why
+    identity (the gradient w.r.t. the quantized weight flows to w unchanged). docs/DESIGN.md#train-late-qat explains why
     the original's QAT never ran; this one is an explicit module attribute, so torch.compile re-traces
     when it is switched on.
     """
@@ -75,7 +75,7 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 class Rotary(nn.Module):
-    """Partial RoPE tables with the NTK base rescale of PR #1019 (STACK 3.3 step 3).
+    """Partial RoPE tables with the NTK base rescale of PR #1019 (docs/DESIGN.md#model-attention step 3).
 
     Only the first R dims of each head rotate (partial RoPE, PR #315); R = rope_dims, or Dh when 0.
     When the sequence is longer than ref_len > 0 the base is rescaled NTK-style:
@@ -113,7 +113,7 @@ class Rotary(nn.Module):
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate the first R dims of x (B, T, H, Dh) in the split-halves layout; the rest pass through.
 
-    With u = dims [0, R/2) and w = dims [R/2, R): (u, w) -> (u cos + w sin, w cos - u sin) (STACK 3.3).
+    With u = dims [0, R/2) and w = dims [R/2, R): (u, w) -> (u cos + w sin, w cos - u sin) (docs/DESIGN.md#model-attention).
     """
     half = cos.size(-1)
     rot = 2 * half
@@ -180,7 +180,7 @@ class KVSlot:
 
 
 class CausalSelfAttention(nn.Module):
-    """GQA attention with QK-norm, partial RoPE, per-head query gain, optional VE add and XSA (STACK 3.3)."""
+    """GQA attention with QK-norm, partial RoPE, per-head query gain, optional VE add and XSA (docs/DESIGN.md#model-attention)."""
 
     def __init__(self, cfg: ModelConfig, use_xsa: bool, attn_impl: AttnImpl | None = None) -> None:
         super().__init__()
@@ -212,7 +212,7 @@ class CausalSelfAttention(nn.Module):
             v = v + ve.to(v.dtype)  # value embedding (PR #374), added before the head reshape
         v = v.view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, Hkv, Dh)
         if self.qk_norm:
-            q, k = rms_norm(q), rms_norm(k)  # QK-norm over Dh, no learnable scale (STACK 3.3 step 2)
+            q, k = rms_norm(q), rms_norm(k)  # QK-norm over Dh, no learnable scale (docs/DESIGN.md#model-attention step 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, None, :, None]  # gain on q only, none on k
         # Under autocast rms_norm runs in fp32 while the linears give bf16; a kernel such as FA3 needs one
@@ -248,7 +248,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One transformer layer (STACK 3.2 step 3).
+    """One transformer layer (docs/DESIGN.md#model-forward step 3).
 
     x_in  = m0 * x + m1 * x0                       (resid_mix, as in PR #1019)
     x_mid = x_in + s_attn * Attn(rms(x_in) * f_l)
@@ -292,10 +292,10 @@ def _wrap_int32(x: Tensor) -> Tensor:
 
 
 def bigram_bucket_ids(idx: Tensor, buckets: int) -> Tensor:
-    """BigramHash bucket per position (STACK 3.6): idx (..., T) integer -> (..., T) int64 in [0, buckets).
+    """BigramHash bucket per position (docs/DESIGN.md#model-bigram): idx (..., T) integer -> (..., T) int64 in [0, buckets).
 
     bucket_t = ((36313 * x_t) XOR (27191 * x_{t-1})) mod (buckets - 1) for t >= 1, bucket_0 = buckets - 1.
-    STACK says the products are 32-bit ints. For vocab <= 1024 nothing overflows, but 36313 * x exceeds
+    The spec (docs/DESIGN.md#model-bigram) says the products are 32-bit ints. For vocab <= 1024 nothing overflows, but 36313 * x exceeds
     2^31 - 1 from x = 59,139 on (vocab up to 65,536 is allowed), so we compute in int64 and wrap each
     product to signed int32 explicitly (int32 overflow is not something to rely on); XOR of the
     sign-extended values equals the sign extension of the int32 XOR; `%` is floor-mod (Python / torch
@@ -345,7 +345,7 @@ class ValueEmbedding(nn.Module):
 
 
 class SmearGate(nn.Module):
-    """h_t = (1 - g) e_t + g e_{t-1}, e_{-1} = 0, g = sigmoid(w) per channel (as in PR #1019; STACK 3.2).
+    """h_t = (1 - g) e_t + g e_{t-1}, e_{-1} = 0, g = sigmoid(w) per channel (as in PR #1019; docs/DESIGN.md#model-forward).
 
     The first position of every row sees zeros, so nothing leaks across sequences/windows.
     """

@@ -16,7 +16,7 @@ of every preset's model carries exactly one role.
 What each role gets is ONE table, `ROLE_POLICY`, read by the optimizer builder (pgolf.optim.build), the
 quantizer (pgolf.quant.schemes), the size estimate (tools budget) and test-time training (scoring.ttt):
 
-| role   | optimizer (docs/DESIGN.md#train-optim) | peak LR key                     | stored as (#quant-schemes)       | TTT |
+| role   | optimizer (docs/DESIGN.md#train-optimizers) | peak LR key                     | stored as (#quant-schemes)       | TTT |
 |--------|-----------------------------------------|---------------------------------|----------------------------------|-----|
 | matrix | Muon (weight decay muon_wd)             | matrix_lr                       | matrix: GPTQ/RTN at matrix_bits  | yes |
 | embed  | AdamW (adam_wd)                         | tied_embed_lr (untied: embed_lr) | table: per-row clip at embed_bits | yes |

@@ -1,4 +1,4 @@
-"""Optimizers by parameter role behind one small facade (docs/DESIGN.md#train-optim).
+"""Optimizers by parameter role behind one small facade (docs/DESIGN.md#train-optimizers).
 
 Which optimizer and which peak LR a role gets is the role policy table (`pgolf.model.roles.ROLE_POLICY`):
 matrices on Muon (weight decay muon_wd; AdamW with adam_wd when optim.matrix_optimizer=adamw), every other

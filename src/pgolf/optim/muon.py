@@ -1,4 +1,4 @@
-"""Muon and Parallel Muon (STACK.md 4.2-4.3; Keller Jordan's Muon, PR #399 "parameter banking").
+"""Muon and Parallel Muon (docs/DESIGN.md#train-muon; Keller Jordan's Muon, PR #399 "parameter banking").
 
 Update of one matrix parameter W (rows x cols) with averaged gradient g, per step:
 
@@ -11,7 +11,7 @@ Update of one matrix parameter W (rows x cols) with averaged gradient g, per ste
 A parameter with more than two dims (a "bank", e.g. (22, 512, 512)) is a stack of independent
 matrices over its leading dims; each is updated as above.
 
-Distribution contract (ARCHITECTURE.md 4.5, house rule 7 "same math at every world size"):
+Distribution contract (docs/DESIGN.md#house-rules, house rule 7 "same math at every world size"):
 
 * The gradients Muon sees MUST already be averaged across ranks (the trainer all-reduces them before
   `step`). Muon never reduces gradients itself.
@@ -35,12 +35,12 @@ import torch.distributed as dist
 from pgolf.runtime import DistEnv
 
 # Quintic Newton-Schulz coefficients tuned for fast convergence of the singular values into a band
-# around 1 rather than exactly to 1 (Keller Jordan's Muon; STACK.md 4.3).
+# around 1 rather than exactly to 1 (Keller Jordan's Muon; docs/DESIGN.md#train-muon).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def _default_ns_dtype(device: torch.device) -> torch.dtype:
-    # bf16 on CUDA as in the record (STACK.md 4.3); CPU bf16 matmuls are slow and imprecise, so fp32.
+    # bf16 on CUDA as in the record (docs/DESIGN.md#train-muon); CPU bf16 matmuls are slow and imprecise, so fp32.
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 

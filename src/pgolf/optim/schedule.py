@@ -1,4 +1,4 @@
-"""Learning-rate and Muon-momentum schedules (STACK.md 4.4). Pure functions of the loop state.
+"""Learning-rate and Muon-momentum schedules (docs/DESIGN.md#train-schedule). Pure functions of the loop state.
 
 There is no LR warmup (the 20 "warmup" steps are a compile warm-up whose effects are undone); the LR
 multiplier is 1 until a linear warmdown that reaches 0 exactly at the wallclock cap, and Muon's
@@ -12,7 +12,7 @@ def lr_multiplier(step: int, elapsed_seconds: float, cap_seconds: float, warmdow
                   iterations: int) -> float:
     """Multiplier applied to every group's base LR before optimizer step `step` (0-based).
 
-    With a wallclock cap (cap_seconds > 0), STACK.md 4.4: the warmdown length in seconds is
+    With a wallclock cap (cap_seconds > 0), docs/DESIGN.md#train-schedule: the warmdown length in seconds is
     warmdown_iters times the mean step time measured so far (elapsed / step), and the multiplier is
     remaining / warmdown_s once the time remaining before the cap is inside that window, else 1.
     If the window is longer than the whole cap, the multiplier is below 1 from step 1 on (as in the
@@ -37,7 +37,7 @@ def lr_multiplier(step: int, elapsed_seconds: float, cap_seconds: float, warmdow
 
 
 def muon_momentum(step: int, start: float, end: float, warmup_steps: int) -> float:
-    """Linear ramp start -> end over warmup_steps, then constant end (STACK.md 4.2: 0.92 -> 0.99, 1500)."""
+    """Linear ramp start -> end over warmup_steps, then constant end (docs/DESIGN.md#train-optimizers: 0.92 -> 0.99, 1500)."""
     if warmup_steps <= 0:
         return end
     frac = min(max(step, 0) / warmup_steps, 1.0)

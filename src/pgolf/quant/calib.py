@@ -1,4 +1,4 @@
-"""Calibration data for GPTQ: sequences the model writes itself, or training batches (STACK.md 5.2).
+"""Calibration data for GPTQ: sequences the model writes itself, or training batches (docs/DESIGN.md#quant-calibration).
 
 Self-generated (the default, PR #1019): `calib_seqs` sequences of `calib_seq_len` tokens; the first token
 of each is drawn uniformly from the vocabulary, every later one from softmax(logits / temperature) of
@@ -21,7 +21,7 @@ are dealt round-robin to ranks (batch k -> rank k % world). The Hessian sums are
 
 Training-batch calibration (calib_source = "train") lives in the trainer: it must run inside the
 training wallclock (the cap is shortened by `calib_reserve_seconds`), because calibrating on training
-data after the 600 s window was ruled out (STACK.md 5.2). Its Hessians are saved with the run.
+data after the 600 s window was ruled out (docs/DESIGN.md#quant-calibration). Its Hessians are saved with the run.
 """
 
 from __future__ import annotations
@@ -85,5 +85,5 @@ def self_generated_batches(model: nn.Module, quant_cfg, *, vocab_size: int, seed
 
 
 def hessian_inputs(seqs: list[Tensor]) -> list[Tensor]:
-    """Calibration forward inputs: the first seq_len - 1 tokens of each sequence (STACK.md 5.2)."""
+    """Calibration forward inputs: the first seq_len - 1 tokens of each sequence (docs/DESIGN.md#quant-calibration)."""
     return [s[:, :-1] for s in seqs]

@@ -1,7 +1,7 @@
-"""Full-Hessian GPTQ on a symmetric per-row grid (STACK.md 5.3; Frantar et al. 2022, arXiv 2210.17323).
+"""Full-Hessian GPTQ on a symmetric per-row grid (docs/DESIGN.md#quant-gptq; Frantar et al. 2022, arXiv 2210.17323).
 
 `gptq_quantize` is a pure tensor function (no model, no hooks, no globals) and `gptq_reference` is its
-slow twin (ARCHITECTURE.md 4.7 rule 6): the same math column by column in float64 with every update
+slow twin (docs/DESIGN.md#house-rules): the same math column by column in float64 with every update
 applied immediately. tests/parity/test_gptq_reference.py holds them against each other.
 
 Names follow the paper (Algorithm 1) and IST-DASLab/gptq:
@@ -16,7 +16,7 @@ Names follow the paper (Algorithm 1) and IST-DASLab/gptq:
     B      block size of the lazy batch updates (paper: B = 128)
     s      per-row fp16 scales of the grid (`pgolf.quant.grid`)
 
-Steps (STACK.md 5.3): dead inputs (diag H = 0) get H_jj = 1 and a zero weight column; damping
+Steps (docs/DESIGN.md#quant-gptq): dead inputs (diag H = 0) get H_jj = 1 and a zero weight column; damping
 damp * mean(diag H) on the diagonal; act-order (columns by descending diag H); Hinv; for every clip
 candidate run blocked GPTQ; keep the candidate with the lowest plain weight MSE; undo the permutation.
 The Hessian collector (`pgolf.quant.hessian`) returns undamped H, so H is damped once, here.
@@ -80,7 +80,7 @@ def _upper_cholesky_of_inverse(H: Tensor) -> Tensor:
 def select_candidates(W: Tensor, Q: Tensor, S: Tensor, H: Tensor, select: str) -> tuple[Tensor, Tensor]:
     """Pick among C candidate quantizations Q (C, rows, cols) with scales S (C, rows) of W (rows, cols):
 
-    - "matrix" (the original, STACK.md 5.3 step 7): the candidate with the lowest plain weight MSE over
+    - "matrix" (the original, docs/DESIGN.md#quant-gptq step 7): the candidate with the lowest plain weight MSE over
       the whole matrix (earliest on ties);
     - "row": per row, the candidate with the lowest layer-output error d H d^T, d = w_r - q_r s_r (rows
       are independent in GPTQ, so mixing candidates across rows is exact; earliest on ties). With H = I

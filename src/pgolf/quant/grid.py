@@ -1,4 +1,4 @@
-"""Symmetric per-row integer grids and their clip rules (STACK.md 5.1, 5.3).
+"""Symmetric per-row integer grids and their clip rules (docs/DESIGN.md#quant-schemes, 5.3).
 
 A b-bit grid has the integers [-qmax, qmax] with qmax = 2^(b-1) - 1 (int6: [-31, 31], 63 levels; int8:
 [-127, 127]); -2^(b-1) is never used, so the grid is symmetric. One scale per output row:
@@ -25,7 +25,7 @@ from torch import Tensor
 CLIP_QUANTILES = (0.999, 0.9995, 0.9999, 0.99999)
 """Row quantiles of |w| tried by the percentile clip search; the row max is the fifth candidate."""
 EMBED_QUANTILE = 0.9999984
-"""The int8 tables' clip: the 99.99984th percentile of |w| per row (STACK.md 5.1)."""
+"""The int8 tables' clip: the 99.99984th percentile of |w| per row (docs/DESIGN.md#quant-schemes)."""
 FP16_TINY = 2.0**-24
 """Smallest positive fp16 (subnormal): the lowest scale that survives fp16 storage."""
 
@@ -138,7 +138,7 @@ def rtn_quantize(W: Tensor, *, bits: int, clip: str = "percentile", sdclip_k: fl
 
 def row_clip_quantize(W: Tensor, *, bits: int, clip: str = "percentile", sdclip_k: float = 20.0,
                       scale_floor: float = 1e-8, quantile: float = EMBED_QUANTILE) -> tuple[Tensor, Tensor]:
-    """One-clip per-row RTN for tables (STACK.md 5.1): percentile clip at `quantile` or SDClip with k."""
+    """One-clip per-row RTN for tables (docs/DESIGN.md#quant-schemes): percentile clip at `quantile` or SDClip with k."""
     if clip not in ("percentile", "sdclip"):
         raise ValueError(f"clip must be 'percentile' or 'sdclip', got {clip!r}")
     W = W.detach()

@@ -1,4 +1,4 @@
-"""Calibration Hessians H = sum X^T X / n_sequences for every Role.MATRIX weight (STACK.md 5.2), and
+"""Calibration Hessians H = sum X^T X / n_sequences for every Role.MATRIX weight (docs/DESIGN.md#quant-calibration), and
 optionally for the output head's weight (the tied token embedding or the untied head): its X is the
 final normed hidden state h of `logits_from_hidden` (the table lookup is F.embedding, never recorded).
 
@@ -16,7 +16,7 @@ recognised). The forward is only read, never changed: the recorder calls the ori
 Q, K and V of a layer consume the same tensor, so the X^T X of an input is computed once and shared
 (their Hessians are then identical objects' values, as in PR #1019). The result is NOT damped
 (`gptq_quantize` damps). Across ranks the sums and the sequence count are all-reduced before the one
-division ("sum, then divide", ARCHITECTURE.md 4.7 rule 4).
+division ("sum, then divide", docs/DESIGN.md#house-rules).
 """
 
 from __future__ import annotations

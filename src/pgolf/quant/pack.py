@@ -1,12 +1,12 @@
 """Byte layouts for quantized tensors: int8 planes, int6 bit-packing, byte shuffles. All exact round trips.
 
 - int8 plane: the grid integers as one signed byte each (two's complement), row-major. Unused high bits
-  are left to the entropy coder (STACK.md 5.1: "compression exploits the unused high bits").
+  are left to the entropy coder (docs/DESIGN.md#quant-schemes: "compression exploits the unused high bits").
 - int6 packing: 4 values in 3 bytes. Each value is taken as its 6-bit two's complement v & 0x3F and
   the group a, b, c, d becomes the 24-bit word a | b << 6 | c << 12 | d << 18, stored little-endian.
   The tail is zero-padded to a group of 4; `unpack_int6` needs the value count.
 - byte shuffle with stride k: for an array of k-byte elements, all first bytes, then all second bytes, ...
-  (the transposition the SP8192 records apply before Brotli, STACK.md 5.5). Trailing bytes that do not
+  (the transposition the SP8192 records apply before Brotli, docs/DESIGN.md#quant-serialization). Trailing bytes that do not
   fill a whole element stay at the end unchanged.
 
 Functions take and return numpy uint8 / int8 arrays (bytes-like inputs are accepted).

@@ -1,4 +1,4 @@
-"""Sum, then divide: the one place where loss and bits per byte are computed (STACK.md 1.5).
+"""Sum, then divide: the one place where loss and bits per byte are computed (docs/DESIGN.md#data-bpb).
 
 Scorers add per-target NLL (natural log) and per-target bytes; the accumulator keeps float64 sums
 of (nats, targets, bytes), all-reduces the *sums* across ranks, and divides once::

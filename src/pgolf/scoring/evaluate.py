@@ -3,7 +3,7 @@
 Modes (config.SCORE_MODES; all read the same stream and every one scores each target exactly once):
 
     plain      non-overlapping windows of score.seq_len (plan.plain_plan; the last partial one kept)
-    sliding    window score.seq_len, stride score.sliding.stride, fixed tail rule (STACK.md 6.2)
+    sliding    window score.seq_len, stride score.sliding.stride, fixed tail rule (docs/DESIGN.md#eval-sliding)
     slot       sliding windows + causal per-window SLOT (slot.score_slot with score.slot; 8.4)
     ttt        score-first test-time training over chunks (ttt.score_ttt with score.ttt; 7.2)
     ttt+slot   ttt, each chunk scored with causal SLOT
@@ -28,7 +28,7 @@ budget.eval_seconds_limit a WARNING line is logged and eval_over_budget is true 
 limit is for the whole evaluation on 8xH100, docs/DESIGN.md#eval-budgets).
 
 Compliance: `score.slot.coupling=shared` and `score.ttt.mode=prequant` reproduce the withdrawn entry
-(docs/DESIGN.md#compliance-reference) and are labelled NON-COMPLIANT (`modes.label_for`); a ttt ledger
+(docs/DESIGN.md#noncompliant-modes) and are labelled NON-COMPLIANT (`modes.label_for`); a ttt ledger
 that fails `audit_ledger` also makes its mode non-compliant.
 
 Exactly once: every mode's scored-target count must equal the plan's; with `nll_out` (per-target NLL,

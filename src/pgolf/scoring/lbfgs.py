@@ -1,6 +1,6 @@
 """Batched L-BFGS: B independent minimizations vectorized over the rows of a (B, n) tensor.
 
-Why not `torch.optim.LBFGS` over a stacked tensor (STACK.md 8.4): its two-loop inner products
+Why not `torch.optim.LBFGS` over a stacked tensor (docs/DESIGN.md#slot-legality): its two-loop inner products
 (s^T y, y^T y, s^T q) and its single line-search step length mix every row's gradient and loss, so
 row i's result would depend on row j's objective. Here every quantity is per row:
 

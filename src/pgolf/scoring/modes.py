@@ -13,7 +13,7 @@ validates `score.modes` against them; a check below keeps the two equal).
 | ttt+slot | ttt    | sliding                    | both                     | #eval-ttt                            |
 
 Two settings turn a mode into a labelled NON-COMPLIANT reference of the withdrawn entry
-(docs/DESIGN.md#compliance-reference): score.slot.coupling=shared (a batch-shared SLOT delta) and
+(docs/DESIGN.md#noncompliant-modes): score.slot.coupling=shared (a batch-shared SLOT delta) and
 score.ttt.mode=prequant (training on every validation token before scoring). `label_for` is the one
 place that derives a mode's label from them.
 """

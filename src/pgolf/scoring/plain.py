@@ -1,4 +1,4 @@
-"""Plain validation: non-overlapping windows of seq_len over the validation stream (STACK.md 6.1).
+"""Plain validation: non-overlapping windows of seq_len over the validation stream (docs/DESIGN.md#eval-plain).
 
 The stream is truncated to ((N - 1) // T) * T + 1 tokens so (input, target) pairs tile exactly, as
 the challenge's eval_val does; windows are split contiguously across ranks; every target is scored

@@ -4,9 +4,9 @@ Indexing: the validation stream has N tokens; target t (t = 0 .. N-2) is token s
 predicted from stream[0 .. t]. A window with start ws and length wlen feeds inputs
 stream[ws : ws + wlen] and sees targets t in [ws, ws + wlen); it SCORES targets
 [ws + score_from, ws + wlen). Its earlier targets [ws, ws + score_from) were scored by earlier
-windows, which is what makes them legal adaptation data for causal SLOT (STACK.md 8.4).
+windows, which is what makes them legal adaptation data for causal SLOT (docs/DESIGN.md#slot-legality).
 
-Sliding windows of length T and stride S (STACK.md 6.2), with the fixed tail rule: starts
+Sliding windows of length T and stride S (docs/DESIGN.md#eval-sliding), with the fixed tail rule: starts
 ws = 0, S, 2S, ... are kept while ws == 0 or ws + T - S < N - 1; window 0 scores all its targets,
 every other window scores from relative position T - S to its end. The scored ranges tile
 [0, N - 1) exactly: each target is scored once, with at least T - S tokens of context after the

@@ -1,4 +1,4 @@
-"""Window scoring over a ScorePlan: the `plain` and `sliding` evaluation modes (STACK.md 6.1-6.2).
+"""Window scoring over a ScorePlan: the `plain` and `sliding` evaluation modes (docs/DESIGN.md#eval-sliding).
 
 Windows are batched (padded to the plan's seq_len so every forward has the same length, which also
 keeps the NTK-rescaled RoPE base identical across windows), split contiguously across ranks, and

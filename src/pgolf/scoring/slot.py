@@ -1,4 +1,4 @@
-"""Causal SLOT: a per-window bias fitted on the window's own already-scored targets (STACK.md 8.4).
+"""Causal SLOT: a per-window bias fitted on the window's own already-scored targets (docs/DESIGN.md#slot-legality).
 
 For every batch of sliding windows (one `ScorePlan`):
 1. One frozen forward (no grad; autocast if asked) -> the final hidden state h; logits L = head(h) in
@@ -33,7 +33,7 @@ of segments idle). Only the float64 sums are combined across ranks.
 
 Reference mode coupling="shared" (NON-COMPLIANT, research only): one delta shared by the whole batch,
 fitted by torch.optim.LBFGS on the mean loss over every window's adaptation positions, as the withdrawn
-entry did (STACK.md 6.3 / 8.3). Because window k+1's adaptation positions are window k's scored
+entry did (docs/DESIGN.md#noncompliant-shared-slot). Because window k+1's adaptation positions are window k's scored
 targets, the shared delta is fitted on the targets it then scores; the flip test shows it.
 """
 
@@ -103,7 +103,7 @@ class SlotRunner:
             raise ValueError(f"warm_from must be 'mean' or 'last', got {warm_from!r}")
         self.model, self.stream, self.plan, self.luts_t, self.cfg = model, stream, plan, luts_t, cfg
         self.device, self.autocast_dtype, self.nll_out, self.warm_from = device, autocast_dtype, nll_out, warm_from
-        # Test hook (STACK.md 8.5 self-prediction test): a stream used ONLY by the adaptation path (the
+        # Test hook (docs/DESIGN.md#leak-tests self-prediction test): a stream used ONLY by the adaptation path (the
         # forward that feeds the delta fit, and its targets); scoring always reads `stream`.
         self.adapt_stream = adapt_stream
         self.shared = cfg.coupling == "shared"

@@ -1,4 +1,4 @@
-"""Score-first test-time training (STACK.md 7.2), optionally with causal SLOT while scoring (`ttt+slot`).
+"""Score-first test-time training (docs/DESIGN.md#eval-ttt), optionally with causal SLOT while scoring (`ttt+slot`).
 
 The target index range [0, n_targets) is cut into chunks of `chunk_tokens`; each window of the plan
 is assigned to the chunk holding its FIRST scored target (scored ranges increase with the window
@@ -25,7 +25,7 @@ range [lo, hi) of the sequences it trained on. `audit_ledger` checks that each u
 targets already scored and that every target scored after it lies at or after its range's end.
 
 Reference mode mode="prequant" (NON-COMPLIANT, research only): `epochs` passes over ALL validation
-targets first (cosine over epochs), then one scoring pass, as the withdrawn entry did (STACK.md 7.1 /
+targets first (cosine over epochs), then one scoring pass, as the withdrawn entry did (docs/DESIGN.md#noncompliant-prequant-ttt /
 8.2); its ledger fails the audit and the flip test shows the leak.
 """
 

@@ -4,13 +4,13 @@ Tooling module (never imported by runtime code). Reads the run directories writt
 `pgolf.pipeline.run_record` (config.json, results.json, train_summary.json, metrics.jsonl, timings.json,
 quant_summary.json, env.json and, when the auditor has run, audit.json) and writes to --out:
 
-- `submission.json`: the fields of STACK.md section 9.3, with the compliance booleans;
+- `submission.json`: the fields of docs/DESIGN.md#submission-json, with the compliance booleans;
 - `README.md`: the results tables, the statistics paragraph and links to the plots;
 - `report.json`: everything above, machine-readable;
 - PNG plots (`PLOT_FILES`): training loss over steps and time, validation BPB over steps and time, BPB per
   evaluation mode, submission bytes against the cap.
 
-Statistics (STACK.md section 9.1): a record must lower the mean val_loss (nats/token) by at least 0.005 nats
+Statistics (docs/DESIGN.md#record-test): a record must lower the mean val_loss (nats/token) by at least 0.005 nats
 at p < 0.01. The test is Welch's one-sided two-sample t-test of H0: mean_ours - mean_base >= -0.005 against
 H1: mean_ours - mean_base < -0.005, with the Welch-Satterthwaite degrees of freedom (`welch_t`).
 
@@ -39,11 +39,11 @@ from pgolf.presets import PRESETS, get_preset
 from pgolf.rundir import load_config
 
 MARGIN_NATS = 0.005
-"""The record bar: the mean val_loss must improve by at least this many nats/token (STACK.md section 9.1)."""
+"""The record bar: the mean val_loss must improve by at least this many nats/token (docs/DESIGN.md#record-test)."""
 ALPHA = 0.01
 """The record bar's significance level."""
 PROGRESSION_ALPHA = 0.25
-"""The maintainers' later leaderboard cutoff (one-sided, no margin; STACK.md section 9.1, PR #1902)."""
+"""The maintainers' later leaderboard cutoff (one-sided, no margin; docs/DESIGN.md#record-test, PR #1902)."""
 PARTIAL_NOTE = "partial: not a challenge score"
 NOT_AUDITED = "not audited"
 PLOT_FILES = {
@@ -99,7 +99,7 @@ def welch_from_stats(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b
 def welch_t(a, b, delta: float = 0.0, alternative: str = "two-sided") -> tuple[float, float, float]:
     """Welch's unequal-variance t-test of mean(a) - mean(b) against `delta`: -> (t, df, p).
 
-    The record test (STACK.md section 9.1) is `welch_t(ours, baseline, delta=-0.005, alternative="less")`:
+    The record test (docs/DESIGN.md#record-test) is `welch_t(ours, baseline, delta=-0.005, alternative="less")`:
     H0 mu_ours - mu_base >= -0.005 nats, rejected when p < 0.01. See `welch_from_stats` for the formulas.
     """
     a, b = [float(x) for x in a], [float(x) for x in b]
@@ -342,7 +342,7 @@ def _cfg_key(cfg) -> dict:
 
 
 def consistency_warnings(runs: list[Run]) -> list[str]:
-    """Seeds of one submission must share the config (but the seed) and the code (USERS.md P7)."""
+    """Seeds of one submission must share the config (but the seed) and the code (docs/DESIGN.md#record-test)."""
     out = []
     seeds = [r.seed for r in runs]
     dup = sorted({s for s in seeds if seeds.count(s) > 1})
@@ -403,7 +403,7 @@ def parse_values(spec: str) -> list[float]:
 
 
 def baseline_from_submission(path: Path) -> Baseline:
-    """A record's submission.json (STACK.md section 9.3): per-seed val_loss from `seed_results`, else per-seed
+    """A record's submission.json (docs/DESIGN.md#submission-json): per-seed val_loss from `seed_results`, else per-seed
     val_bpb converted with the record's own val_loss / val_bpb ratio, else `val_loss`, `val_loss_std` and
     the number of `seeds`."""
     d = _read_json(path, "baseline submission")
@@ -511,7 +511,7 @@ def significance(ours: list[float], base: Baseline, ratio: float | None = None) 
     verdict = (f"improvement of at least {MARGIN_NATS} nats shown at p < {ALPHA}" if ok else
                f"improvement of at least {MARGIN_NATS} nats NOT shown at p < {ALPHA}")
     res = {
-        "test": "Welch one-sided two-sample t-test (STACK.md section 9.1)",
+        "test": "Welch one-sided two-sample t-test (docs/DESIGN.md#record-test)",
         "h0": f"mean_ours - mean_baseline >= -{MARGIN_NATS} nats", "margin_nats": MARGIN_NATS, "alpha": ALPHA,
         "n_ours": len(ours), "n_baseline": base.n, "mean_ours": m, "std_ours": s, "mean_baseline": base.mean,
         "std_baseline": base.std, "delta_nats": d, "t": t, "df": df, "p": p, "significant": ok,
@@ -600,7 +600,7 @@ def build_report(run_dirs, baseline: list[str] | None = None, mode: str | None =
 
 
 def compliance(runs: list[Run], facts: list[dict], prim: str) -> dict:
-    """The record compliance booleans (STACK.md section 9.3, as in the 2026-04-09 record), for the primary mode.
+    """The record compliance booleans (docs/DESIGN.md#submission-json, as in the 2026-04-09 record), for the primary mode.
 
     Time budgets compare the measured seconds with the config's limits; `measured_on_target_hardware` says
     whether those seconds mean anything for the challenge. pgolf has no ETLB and no n-gram cache mode, so
@@ -720,7 +720,7 @@ def stats_paragraph(rep: dict, markdown: bool = False) -> str:
             else "")
     no = sig["no_margin"]
     notes = f" [{'; '.join(base['notes'])}]" if base.get("notes") else ""
-    return (f"One-sided Welch t-test (STACK.md section 9.1) of H0: mean val_loss(ours) - mean val_loss(baseline) "
+    return (f"One-sided Welch t-test (docs/DESIGN.md#record-test) of H0: mean val_loss(ours) - mean val_loss(baseline) "
             f">= -{MARGIN_NATS} nats{conv}. Ours: {sig['n_ours']} seeds, mean {sig['mean_ours']:.8f} nats "
             f"(std {_f(sig['std_ours'], 8)}); baseline {base['source']}: n = {sig['n_baseline']}, mean "
             f"{sig['mean_baseline']:.8f} (std {_f(sig['std_baseline'], 8)}){notes}. Delta {sig['delta_nats']:+.8f} "
@@ -762,7 +762,7 @@ def format_text(rep: dict, out: Path | None = None) -> str:
 
 def submission(rep: dict, *, name: str = "", author: str = "", github_id: str = "", blurb: str = "",
                track: str = "10min_16mb", baseline_pr: int | None = None) -> dict:
-    """submission.json with the fields of STACK.md section 9.3 (val_* = the primary mode's seed means)."""
+    """submission.json with the fields of docs/DESIGN.md#submission-json (val_* = the primary mode's seed means)."""
     prim, ps, facts = rep["primary_mode"], rep["modes"][rep["primary_mode"]], rep["runs"]
     runs: list[Run] = rep.get("_runs", [])
     a = rep["aggregate"]

@@ -1,4 +1,4 @@
-"""Exponential moving average of all weights (STACK.md 4.5): ema <- d * ema + (1 - d) * w each step.
+"""Exponential moving average of all weights (docs/DESIGN.md#train-ema): ema <- d * ema + (1 - d) * w each step.
 
 The shadow is float32 regardless of the training dtype and is loaded into the model at the end.
 """

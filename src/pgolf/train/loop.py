@@ -1,4 +1,4 @@
-"""The training loop (docs/DESIGN.md#train): same code on a 2-core CPU, one GPU and N GPUs.
+"""The training loop (docs/DESIGN.md#training): same code on a 2-core CPU, one GPU and N GPUs.
 
 - Fixed global batch (train.batch_tokens); every step trains on the same global windows whatever the
   world size and accumulation (the loader stripes them), and the loss is the mean over all of them,

@@ -1,4 +1,4 @@
-"""Pipeline-level causality probes of one evaluation mode on a validation prefix (STACK.md 8.5).
+"""Pipeline-level causality probes of one evaluation mode on a validation prefix (docs/DESIGN.md#leak-tests).
 
 Everything goes through `evaluate()` (the path `pgolf eval` and the pipeline take) with the run's own
 score settings, on a prefix of the validation stream. Indexing: target t is the token stream[t + 1],

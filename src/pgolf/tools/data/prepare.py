@@ -6,7 +6,7 @@ stripping) with the challenge's SentencePiece settings; each document is encoded
 and prefixed with BOS (no EOS); tokens are packed into shards of exactly `shard_tokens` (the last
 one of each split shorter), documents may span shard boundaries, and the split change flushes the
 current shard. Given the same documents, the output is byte-identical to the challenge's (a test
-checks the shard sha256 against the reference export in ../shared/reference).
+checks the shard sha256 against an export made by the challenge's own exporter).
 
 Layout written under OUT::
 

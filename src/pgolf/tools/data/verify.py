@@ -8,7 +8,7 @@ for the validation stream (all val shards in order, as the challenge loads it), 
 - val_text_bytes: UTF-8 bytes of each decoded (hence normalized) validation document, summed.
 
 The two byte counts must agree; documents where they differ are listed, never hidden. A manifest
-may be pgolf's own `manifest.json`, or the `reference.json` of ../shared/reference (whose expected
+may be pgolf's own `manifest.json`, or a `reference.json` written by the challenge's exporter (whose expected
 val_tokens / val_targets / val_target_bytes are then checked too).
 """
 

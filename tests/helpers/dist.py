@@ -1,4 +1,4 @@
-"""spawn_gloo: run a function on N CPU ranks joined by a gloo process group (ARCHITECTURE.md 4.6).
+"""spawn_gloo: run a function on N CPU ranks joined by a gloo process group (docs/DESIGN.md#house-rules).
 
     def body(env: DistEnv, x):            # module-level, so the spawned children can import it
         t = torch.tensor([float(env.rank)])
