@@ -1,4 +1,4 @@
-"""Sliding-window scoring against its slow twins: per-target prefix forwards, and plain scoring."""
+"""Window scoring against its slow twins: per-target prefix forwards (sliding), one forward per window (plain)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,6 @@ import torch.nn.functional as F
 
 from pgolf.data.tokenizer import build_byte_luts, load_tokenizer, luts_to_torch, target_bytes
 from pgolf.runtime import DistEnv
-from pgolf.scoring.plain import score_plain
 from pgolf.scoring.plan import plain_plan, sliding_plan
 from pgolf.scoring.sliding import score_windows
 from tests.helpers.dist import spawn_gloo
@@ -52,15 +51,29 @@ def test_sliding_equals_per_target_prefix_forwards(setup):
     assert score.bpb == pytest.approx(ref.sum() / (np.log(2) * score.bytes), rel=1e-12)
 
 
-def test_stride_equal_seq_len_is_plain(setup):
+def test_plain_equals_one_forward_per_window(setup):
+    """plain_plan (training validation and `eval --mode plain`): every target once, the last partial window
+    included, each window scored with its in-window context only; the batched, padded scorer equals a
+    forward of each window alone (the NTK base of a padded batch is that of the full window length T, so
+    the slow twin's partial window is padded the same way)."""
     stream, luts = setup
     m = _model(rope_ref_len=32)
     T = 64
-    n = (len(stream) - 1) // T * T + 1  # plain eval truncates to whole windows; use a stream that tiles
-    s1 = score_windows(m, stream[:n], plain_plan(n, T), luts_to_torch(luts), DistEnv(), batch_windows=3)
-    s2 = score_plain(m, stream[:n], T, luts_to_torch(luts), DistEnv(), batch_seqs=4)
-    assert s1.targets == s2.targets and s1.bytes == s2.bytes
-    assert s1.nats == pytest.approx(s2.nats, rel=1e-12)
+    n = len(stream)  # 700 tokens: 10 whole windows and a partial one of 59 targets
+    plan = plain_plan(n, T)
+    nll = np.full(plan.n_targets, np.nan)
+    s = score_windows(m, stream, plan, luts_to_torch(luts), DistEnv(), batch_windows=3, nll_out=nll)
+    assert s.targets == n - 1 and plan.num_windows == -(-(n - 1) // T)
+    ref = np.zeros(n - 1)
+    with torch.no_grad():
+        for ws in range(0, n - 1, T):
+            x = torch.zeros(1, T, dtype=torch.long)
+            k = min(T, n - 1 - ws)
+            x[0, :k] = torch.as_tensor(stream[ws:ws + k])
+            logp = F.log_softmax(m(x)[0, :k].double(), -1)
+            ref[ws:ws + k] = -logp.gather(-1, torch.as_tensor(stream[ws + 1:ws + k + 1], dtype=torch.long)[:, None])[:, 0].numpy()
+    np.testing.assert_allclose(nll, ref, rtol=0, atol=1e-9)
+    assert s.bytes == int(target_bytes(luts, stream[:-1], stream[1:]).sum())
 
 
 def _rank_score(env, stream, luts_t):

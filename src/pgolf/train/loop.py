@@ -50,7 +50,8 @@ from pgolf.rundir import (
     write_config,
 )
 from pgolf.runtime import DistEnv, autocast, resolve_precision, seed_everything, sync
-from pgolf.scoring.plain import score_plain
+from pgolf.scoring.plan import plain_plan
+from pgolf.scoring.sliding import score_windows
 from pgolf.telemetry import PhaseTimer, Progress, environment_fingerprint
 from pgolf.train.calibrate import calibrate_on_train
 from pgolf.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -241,13 +242,23 @@ class Trainer:
         return total
 
     def validate(self, model: torch.nn.Module | None = None, max_tokens: int | None = None) -> dict:
+        """Plain validation of the (first train.val_max_tokens of the) stream: the `plain` mode's plan
+        (non-overlapping windows of train.seq_len, the last partial one included), so the logged val_bpb
+        and `pgolf eval --mode plain` score the same targets."""
         cfg = self.cfg
+        model = model or self.raw_model
+        limit = cfg.train.val_max_tokens if max_tokens is None else max_tokens
+        stream = self.val_tokens[:limit] if limit else self.val_tokens
         # Validation batches are sized by tokens (no gradients): 128k tokens per forward, capped at 64 rows.
         # The uncompiled module: validation shapes vary, and recompiling for them costs more than it saves.
-        s = score_plain(model or self.raw_model, self.val_tokens, cfg.train.seq_len, self.luts_t, self.env,
-                        batch_seqs=max(1, min(64, 131_072 // cfg.train.seq_len)),
-                        autocast_dtype=self.amp_dtype,
-                        max_tokens=cfg.train.val_max_tokens if max_tokens is None else max_tokens)
+        was_training = model.training
+        model.eval()
+        try:
+            s = score_windows(model, stream, plain_plan(len(stream), cfg.train.seq_len), self.luts_t, self.env,
+                              batch_windows=max(1, min(64, 131_072 // cfg.train.seq_len)),
+                              autocast_dtype=self.amp_dtype)
+        finally:
+            model.train(was_training)
         return {"val_loss": s.loss, "val_bpb": s.bpb, "val_targets": s.targets, "val_bytes": s.bytes}
 
     def _warmup(self) -> None:
