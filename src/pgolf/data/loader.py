@@ -14,34 +14,21 @@ Geometry ("same math at every world size")
     union of a step's windows is the same list, so the summed gradient is the same.
 
 `CoprimeLoader` -- docs/DESIGN.md#data-loader (the multi-shard coprime-stride sampler of `[R1060]`), with
-two deliberate differences:
+two deliberate differences: (a) the PCG64 seed hashes the shard FILE NAMES (basenames, sorted, UTF-8,
+concatenated), not full paths, so the windows do not depend on where the data lives; (b) the shards
+mixed per batch ramp from ``data.mix_min_shards`` to ``data.mix_max_shards`` instead of being derived
+from the world size (8 -> 64 on 8 GPUs in the original), which would make the windows depend on W.
+Both ends are still clipped to the number of eligible shards and to G. Where the spec is open: a
+one-block cursor uses stride 1 without drawing; an exhausted cursor counts as 1 remaining block and is
+re-created only when next pulled from; buckets pop from the front after their shuffle. Draw order per
+step: shards, multinomial shares, shard-order permutation, cursor (re)creations, bucket and
+interleave permutations.
 
-(a) The 64-bit PCG64 seed is FNV-1a-style over the shard FILE NAMES (basenames, in sorted order,
-    UTF-8 bytes, concatenated), not over full paths, so a run does not depend on where the data
-    directory lives (the same shards give the same windows on every machine).
-(b) The number of shards mixed per batch ramps from ``data.mix_min_shards`` to
-    ``data.mix_max_shards`` (see `DataConfig` for the defaults) instead of being derived from the world size
-    (the original's lo = max(8, W), hi = max(32, 8W), i.e. 8 -> 64 on 8 GPUs). Deriving it from W
-    would make the window sequence depend on the world size. Both ends are still clipped to the
-    number of eligible shards and to G.
+`SequentialLoader` -- the naive baseline's single stream, world-size invariant (docs/DESIGN.md#data-loader).
 
-Interpretation details (the spec leaves them open): a cursor with a single block uses stride 1
-without drawing; an exhausted cursor keeps counting as 1 remaining block for the weights and is
-re-created (new phase/start/stride) only when a window is next pulled from it; buckets are popped
-from the front after their shuffle. Randomness comes only from the one generator, in this order per
-step: choice of shards, multinomial shares, shard-order permutation, cursor (re)creations while
-pulling, bucket permutations, interleave permutations.
-
-`SequentialLoader` -- the naive baseline's single stream over the sorted shards, made world-size
-invariant: step t consumes the next G*seq_len + 1 tokens of the stream (wrapping from the last shard
-to the first) and window i is ``chunk[i*seq_len : i*seq_len + seq_len + 1]`` (neighbouring windows
-share one token, as the baseline's reshape does); the next step starts right after the chunk.
-
-Shards are opened lazily with `open_shard(path, vocab_size)`, which validates the header and the
-token range, so a bad shard raises `ShardError` (naming the file) the first time it is read;
-`open_all()` does this for every shard up front (a full read of the data, so do it off the clock).
-States (`state_dict`) are JSON-serializable and world-size free: a checkpoint written at 8 ranks can
-resume at 1 rank with the same global windows.
+Shards are opened lazily with `open_shard` (header and token range checked: a bad shard raises
+`ShardError` naming the file); `open_all()` checks every shard up front, off the clock. States are
+JSON and world-size free: a checkpoint written at 8 ranks resumes at 1 rank with the same windows.
 """
 
 from __future__ import annotations
@@ -81,11 +68,6 @@ class TrainLoader(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
     def describe(self) -> dict: ...
-
-
-# --------------------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------------------
 
 
 def shard_seed(names: Sequence[str]) -> int:

@@ -1,16 +1,9 @@
 """Fetch the challenge's published FineWeb shards and tokenizer from the Hugging Face Hub.
 
-Remote layout (a *dataset* repo, default `willdepueoai/parameter-golf`, remote root `datasets/`)::
-
-    <root>/manifest.json
-    <root>/datasets/fineweb10B_<variant>/fineweb_{val,train}_NNNNNN.bin
-    <root>/tokenizers/<files named by the manifest>
-
-Local layout: the same tree with `<root>/` stripped, under `out_dir`::
-
-    OUT/manifest.json
-    OUT/datasets/fineweb10B_<variant>/...
-    OUT/tokenizers/...
+Remote layout (a *dataset* repo, default `willdepueoai/parameter-golf`, remote root `datasets/`):
+`<root>/manifest.json`, `<root>/datasets/fineweb10B_<variant>/fineweb_{val,train}_NNNNNN.bin` and
+`<root>/tokenizers/<files named by the manifest>`; locally the same tree with `<root>/` stripped,
+under `out_dir`.
 
 The manifest is read first; it names the dataset (`datasets[].name`, `stats.files_val`,
 `stats.files_train`, `tokenizer_name`) and the tokenizer files (`tokenizers[].model_path`,
@@ -19,19 +12,14 @@ The manifest is read first; it names the dataset (`datasets[].name`, `stats.file
 `huggingface_hub.hf_hub_download` into the Hub cache, then hard-linked (or copied) into `out_dir`
 under a temporary name, checked, and renamed: `out_dir` never holds a partial or unchecked file.
 Shards are checked with `shards.read_header` (magic, version, exact size). Files already present
-in `out_dir` (shards: with a valid header and size) are skipped, so an interrupted run resumes.
+in `out_dir` (shards: with a valid header and size) are skipped, so an interrupted run resumes. All
+files after the manifest are pinned to the manifest's commit (one run never mixes two versions).
 
-All files after the manifest are pinned to the commit the manifest was resolved at, so one run
-never mixes two versions of the repo.
+Network behaviour: unless offline (`HF_HUB_OFFLINE=1` or `local_files_only=True`), one quick metadata
+request for the manifest checks that the Hub answers; if it does not, the run goes on from the Hub cache
+only, and the first missing file ends it with one `FinewebError` line (not ~25 s of retries).
 
-Network behaviour: unless the Hub's offline mode is on (`HF_HUB_OFFLINE=1`, read by
-huggingface_hub itself) or `local_files_only=True`, one quick metadata request for the manifest
-checks that the Hub answers. If it does not (no network, closed port, Hub 5xx), the run goes on
-from the Hub cache only, and the first file the cache lacks ends the run with one line of
-`FinewebError` instead of huggingface_hub's ~25 s of retries and multi-line errors.
-
-This module reads no environment variables; `defaults_from_env` turns the challenge's
-`MATCHED_FINEWEB_*` names into keyword arguments for callers that do (the CLI).
+No environment variables are read here; `defaults_from_env` maps `MATCHED_FINEWEB_*` for the CLI.
 """
 
 from __future__ import annotations
@@ -321,23 +309,11 @@ def _stat(entry: dict, key: str, label: str) -> int:
     return value
 
 
-def download_fineweb(
-    out_dir: str | os.PathLike,
-    *,
-    variant: str = "sp1024",
-    train_shards: int = 80,
-    repo_id: str = DEFAULT_REPO,
-    remote_root: str = DEFAULT_REMOTE_ROOT,
-    revision: str | None = None,
-    progress: bool = True,
-    max_workers: int = 4,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-    endpoint: str | None = None,
-    token: str | bool | None = None,
-    timeout: float = 10.0,
-    link: bool = True,
-) -> dict[str, Any]:
+def download_fineweb(out_dir: str | os.PathLike, *, variant: str = "sp1024", train_shards: int = 80,
+                     repo_id: str = DEFAULT_REPO, remote_root: str = DEFAULT_REMOTE_ROOT, revision: str | None = None,
+                     progress: bool = True, max_workers: int = 4, cache_dir: str | os.PathLike | None = None,
+                     local_files_only: bool = False, endpoint: str | None = None, token: str | bool | None = None,
+                     timeout: float = 10.0, link: bool = True) -> dict[str, Any]:
     """Fetch manifest, all val shards, the first `train_shards` train shards and the tokenizer into `out_dir`.
 
     `cache_dir`, `endpoint`, `token`: passed to huggingface_hub (None = its defaults: HF_HUB_CACHE,
