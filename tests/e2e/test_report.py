@@ -40,7 +40,8 @@ def record_runs(tmp_path):
         dirs.append(make_run(root, seed, losses, bpb_ratio=1.6884536, steps=6900 + 10 * i, train_seconds=598.0,
                              total_bytes=15_880_000 + 40_000 * i, eval_seconds=420.0, n_train=600, n_val=8,
                              gpu="NVIDIA H100 80GB HBM3", world_size=8, sets=("budget.target_hardware=8xH100 SXM",),
-                             audit={"passed": True, "checks": [{"name": "causality", "status": "PASS"}]}))
+                             audit={"status": "PASS", "checks": [{"name": "causality", "status": "PASS",
+                                                                  "message": "", "evidence": {}}]}))
     return dirs
 
 

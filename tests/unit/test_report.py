@@ -1,7 +1,8 @@
-"""pgolf.report: Welch statistics (STACK.md section 9.1), aggregation of synthetic run dirs, baselines, errors.
+"""pgolf.tools.report: Welch statistics (STACK.md section 9.1), aggregation of synthetic run dirs, baselines, errors.
 
 The run directories here are small fakes with the files `pipeline.run_record` writes (results.json,
-config.json, train_summary.json, metrics.jsonl, env.json, optional audit.json); no model is trained.
+config.json, train_summary.json, metrics.jsonl, env.json, optional audit.json in the format `pgolf audit`
+writes); no model is trained.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import pytest
 from scipy import stats
 
 from pgolf.config import ConfigError
+from pgolf.rundir import RunDirError
+from pgolf.telemetry import hardware_matches
 from pgolf.tools.report import (
     NOT_AUDITED,
+    aggregate,
     audit_status,
     baseline_from_submission,
     build_report,
     load_baseline,
+    load_runs,
     parse_values,
     submission,
     welch_from_stats,
@@ -39,6 +44,14 @@ NATS_PER_BPB = 1.6884536
 def three_runs(root: Path, losses=((2.00, 1.95), (2.01, 1.96), (2.02, 1.94)), **kw) -> list[Path]:
     return [make_run(root, s, {"plain": a, "sliding": b}, steps=100 + s, total_bytes=15_900_000 + 1000 * s, **kw)
             for s, (a, b) in zip((1, 2, 3), losses, strict=True)]
+
+
+def audit_json(*checks: tuple[str, str]) -> dict:
+    """audit.json as `pgolf audit` writes it, with these (name, status) checks."""
+    status = "FAIL" if any(s == "FAIL" for _, s in checks) else "PASS"
+    return {"run_dir": "x", "status": status, "device": "cpu", "pgolf": "0", "max_val_tokens": None, "modes": [],
+            "probe_prefix_tokens": {}, "seconds": 1.0,
+            "checks": [{"name": n, "status": s, "message": "", "evidence": {}} for n, s in checks]}
 
 
 # ------------------------------------------------------------------------------------------------ Welch
@@ -107,7 +120,9 @@ def test_welch_edge_cases():
 
 def test_aggregation_of_synthetic_runs(tmp_path):
     dirs = three_runs(tmp_path)
-    rep = build_report(dirs)
+    runs = load_runs(dirs)
+    rep = aggregate(runs)
+    assert rep == build_report(dirs)
     assert rep["seeds"] == [1, 2, 3] and rep["primary_mode"] == "sliding"  # last of score.modes
     assert list(rep["modes"]) == ["plain", "sliding"]
     s = rep["modes"]["sliding"]
@@ -129,7 +144,7 @@ def test_aggregation_of_synthetic_runs(tmp_path):
     assert build_report([tmp_path])["seeds"] == [1, 2, 3]  # a folder of run directories
     rep2 = build_report(dirs, mode="plain")
     assert rep2["primary_mode"] == "plain"
-    sub = submission(rep)
+    sub = submission(rep, runs)
     assert sub["val_loss"] == pytest.approx(1.95) and sub["bytes_total"] == 15_903_000
     assert sub["seed_results"]["2"]["val_loss"] == pytest.approx(1.96)
     assert sub["val_bpb"] == pytest.approx(1.3)
@@ -138,7 +153,8 @@ def test_aggregation_of_synthetic_runs(tmp_path):
 def test_partial_and_noncompliant_are_flagged(tmp_path):
     dirs = [make_run(tmp_path, s, {"slot": 2.0 + s / 100}, partial=True, labels={"slot": "NON-COMPLIANT (x)"},
                      total_bytes=16_000_001 if s == 2 else 15_000_000) for s in (1, 2)]
-    rep = build_report(dirs)
+    runs = load_runs(dirs)
+    rep = aggregate(runs)
     assert rep["partial"].startswith("first 8192")
     assert "partial: not a challenge score" in rep["runs"][0]["compliance"]
     assert "slot: NON-COMPLIANT (x)" in rep["runs"][0]["compliance"]
@@ -146,39 +162,66 @@ def test_partial_and_noncompliant_are_flagged(tmp_path):
     c = rep["compliance"]
     assert not c["full_validation"] and not c["no_slot"] and not c["primary_mode_compliant"]
     assert not c["artifact_under_16mb"] and not c["three_seeds"]
-    sub = submission(rep)
+    sub = submission(rep, runs)
     assert sub["partial"] == "first 8192 validation tokens only: not a challenge score"
     assert "NOT A CHALLENGE SCORE" in sub["blurb"]
 
 
-def test_audit_status_is_tolerant():
-    assert audit_status(None)["status"] == NOT_AUDITED
-    assert audit_status({"passed": True, "checks": []})["status"] == "PASS"
-    assert audit_status({"ok": False})["status"] == "FAIL"
-    a = audit_status({"checks": [{"name": "causality", "status": "PASS"}, {"name": "budgets", "status": "fail"},
-                                 {"name": "ledger", "status": "SKIP"}]})
-    assert a["status"] == "FAIL" and a["failed"] == ["budgets"] and a["skipped"] == ["ledger"]
-    a = audit_status({"checks": {"causality": "PASS", "coverage": {"status": "SKIPPED"}}})
-    assert a["status"] == "PASS" and a["skipped"] == ["coverage"] and a["checks"] == 2
-    assert audit_status({"checks": []})["status"] == NOT_AUDITED
-    assert audit_status({"status": "FAIL", "checks": [{"name": "x", "status": "PASS"}]})["status"] == "FAIL"
-    # top-level boolean decides
-    assert audit_status({"passed": True, "checks": [{"name": "x", "status": "FAIL"}]})["passed"] is True
+def test_audit_status_reads_the_auditor_format():
+    assert audit_status(None) == {"status": NOT_AUDITED, "passed": None, "failed": [], "skipped": [], "checks": 0}
+    a = audit_status(audit_json(("causality", "PASS"), ("budgets", "FAIL"), ("ledger", "SKIP")))
+    assert a == {"status": "FAIL", "passed": False, "failed": ["budgets"], "skipped": ["ledger"], "checks": 3}
+    a = audit_status(audit_json(("causality", "PASS"), ("coverage", "SKIP")))
+    assert a["status"] == "PASS" and a["passed"] is True and a["skipped"] == ["coverage"] and a["checks"] == 2
+    assert audit_status({"status": "PASS", "checks": []})["status"] == "PASS"  # the top-level status decides
+
+
+@pytest.mark.parametrize("audit", [
+    {"passed": True, "checks": []},  # no top-level status
+    {"status": "passed", "checks": [{"name": "x", "status": "PASS"}]},  # another spelling
+    {"status": "PASS", "checks": {"causality": "PASS"}},  # checks as a mapping
+    {"status": "PASS", "checks": [{"name": "causality", "status": "ok"}]},  # a check's status spelled otherwise
+    {"status": "PASS", "checks": ["causality"]},  # a check that is no record
+    [{"name": "causality", "status": "PASS"}],  # a bare list
+])
+def test_malformed_audit_json_is_one_line_naming_the_file(tmp_path, audit):
+    d = make_run(tmp_path, 1, {"sliding": 2.0}, audit=audit)
+    with pytest.raises(RunDirError) as e:
+        build_report([d])
+    assert str(d / "audit.json") in _one_line(e)
 
 
 def test_target_hardware():
-    from pgolf.tools.report import _on_target
+    """The report asks `telemetry.hardware_matches`, the auditor's rule (env.json's device decides GPU vs CPU)."""
+    h100 = {"gpu": "NVIDIA H100 80GB HBM3", "world_size": 8, "device": "cuda:0"}
+    assert hardware_matches("8xH100 SXM", h100) and not hardware_matches("8xH100 SXM", h100 | {"world_size": 1})
+    assert not hardware_matches("8xH100 SXM", {"world_size": 8}) and not hardware_matches("any CPU", h100)
+    assert not hardware_matches("8xH100 SXM", h100 | {"gpu": "NVIDIA H100 PCIe"})  # SXM target, PCIe card
+    assert not hardware_matches("8xH100 SXM", h100 | {"device": "cpu"})  # a CPU run on a GPU machine
+    assert hardware_matches("2-core CPU", {"cpu_count": 2, "device": "cpu"})
+    assert not hardware_matches("2-core CPU", {"cpu_count": 16, "device": "cpu"})
+    assert hardware_matches("any CPU", {"cpu_count": 16, "device": "cpu"})
+    assert not hardware_matches("any CPU", {})  # no env.json: nothing is known about the hardware
 
-    h100 = {"gpu": "NVIDIA H100 80GB HBM3", "world_size": 8}
-    assert _on_target(h100, "8xH100 SXM") and not _on_target(h100 | {"world_size": 1}, "8xH100 SXM")
-    assert not _on_target({"world_size": 8}, "8xH100 SXM") and not _on_target(h100, "any CPU")
-    assert _on_target({"cpu_count": 2}, "2-core CPU") and not _on_target({"cpu_count": 16}, "2-core CPU")
-    assert _on_target({"cpu_count": 16}, "any CPU")
+
+def test_hardware_in_report(tmp_path):
+    sxm = ("budget.target_hardware=8xH100 SXM",)
+    gpu = [make_run(tmp_path / "gpu", s, {"sliding": 2.0 + s / 100}, gpu="NVIDIA H100 80GB HBM3", world_size=8,
+                    sets=sxm) for s in (1, 2)]
+    pcie = [make_run(tmp_path / "pcie", s, {"sliding": 2.0 + s / 100}, gpu="NVIDIA H100 PCIe", world_size=8,
+                     sets=sxm) for s in (1, 2)]
+    cpu = [make_run(tmp_path / "cpu", s, {"sliding": 2.0 + s / 100}, sets=("budget.target_hardware=2-core CPU",))
+           for s in (1, 2)]
+    for dirs, hw, ok in ((gpu, "8xNVIDIA H100 80GB HBM3", True), (pcie, "8xNVIDIA H100 PCIe", False),
+                         (cpu, "cpu (2 cores)", True)):
+        rep = build_report(dirs)
+        assert rep["runs"][0]["hardware"] == hw
+        assert rep["compliance"]["measured_on_target_hardware"] is ok
 
 
 def test_audit_in_report(tmp_path):
-    ok = {"passed": True, "checks": [{"name": "causality", "status": "PASS"}, {"name": "ledger", "status": "SKIP"}]}
-    bad = {"checks": [{"name": "budgets", "status": "FAIL"}]}
+    ok = audit_json(("causality", "PASS"), ("ledger", "SKIP"))
+    bad = audit_json(("budgets", "FAIL"))
     d1 = make_run(tmp_path, 1, {"sliding": 2.0}, audit=ok)
     d2 = make_run(tmp_path, 2, {"sliding": 2.01}, audit=bad)
     rep = build_report([d1, d2])
@@ -240,8 +283,8 @@ def test_baseline_run_dirs_and_own_submission(tmp_path):
     assert by_parent.values == by_dirs.values == pytest.approx([1.99, 2.0, 2.01]) and by_parent.mode == "sliding"
     assert load_baseline([str(tmp_path / "base")], mode="plain").values == pytest.approx([2.0, 2.0, 2.0])
     # a submission.json written by the report reads back as a baseline with the same per-seed values
-    rep = build_report(base_dirs)
-    (tmp_path / "sub.json").write_text(json.dumps(submission(rep)))
+    base_runs = load_runs(base_dirs)
+    (tmp_path / "sub.json").write_text(json.dumps(submission(aggregate(base_runs), base_runs)))
     b = load_baseline([str(tmp_path / "sub.json")])
     assert b.values == pytest.approx([1.99, 2.0, 2.01])
     assert build_report(ours, baseline=[str(tmp_path / "sub.json")])["significance"]["significant"]
@@ -273,7 +316,7 @@ def test_errors_are_one_line(tmp_path):
     assert "config.json" in _one_line(e)
     bad = make_run(tmp_path / "y", 3, {"sliding": 2.0})
     (bad / "results.json").write_text("{not json")
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(RunDirError) as e:
         build_report([bad])
     assert "results.json: not valid JSON" in _one_line(e)
     with pytest.raises(ConfigError) as e:
