@@ -8,14 +8,20 @@ their own dependencies, from a temporary working directory. Each test first asse
 """
 
 import argparse
+import ast
+import base64
 import datetime
 import importlib.metadata as md
+import io
 import json
+import lzma
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +34,26 @@ from pgolf.presets import resolve
 from pgolf.tools.bundle import (
     ALLOWED_THIRD_PARTY,
     BundleError,
+    StripError,
     add_bundle_parser,
     build_bundle,
+    check_stripped,
     code_bytes,
+    embedded_sources,
     runtime_closure,
     scan_imports,
+    strip_checked,
+    strip_source,
     tooling_in,
+    without_docstrings,
 )
 
 VAL_TOKENS = 16_384
 """The bundle runs score a prefix of the tiny validation stream (the full one takes ~35 s to score on CPU)."""
+REPO_SRC = Path(__file__).resolve().parents[2] / "src"
+RECORD_CODE_GOAL = 89_245
+"""At most 80% of the 111,556 bytes the record bundle took before the restructure (verbatim sources)."""
+FRAME = re.compile(r'^  File "<train_gpt\.py>/(pgolf/[^"]+)", line (\d+), in ')
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -150,6 +166,30 @@ def check_results(run_dir: Path, out: str) -> dict:
     return res
 
 
+def assert_frames_show_repository_lines(tb: str) -> int:
+    """Every traceback frame inside the bundle shows the repository file's line of that number (the code of
+    it: a trailing comment is not embedded); -> the number of such frames."""
+    lines = tb.splitlines()
+    n = 0
+    for i, line in enumerate(lines):
+        m = FRAME.match(line)
+        if m:
+            repo = (REPO_SRC / m[1]).read_text(encoding="utf-8").splitlines()[int(m[2]) - 1].strip()
+            shown = lines[i + 1].strip()
+            assert shown and repo.startswith(shown) and not shown.startswith("#"), (line, shown, repo)
+            n += 1
+    return n
+
+
+def embedded(text: str) -> dict[str, str]:
+    """{module: embedded source} of a readable train_gpt.py, read back with ast."""
+    out = {}
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.Assign) and isinstance(t := node.targets[0], ast.Subscript):
+            out[ast.literal_eval(t.slice)] = ast.literal_eval(node.value)
+    return out
+
+
 def bundle_cli(*argv: str) -> int:
     p = argparse.ArgumentParser()
     add_bundle_parser(p.add_subparsers())
@@ -209,6 +249,92 @@ def test_closure_refuses_top_level_third_party_and_missing_modules(tmp_path):
     assert info.third_party_top == {"brotli"} and not info.imports
 
 
+# ------------------------------------------------------------------------------------------------ stripping
+
+STRIP_CASES = {
+    'def f(): "x"; return 1\n': 'def f(): return 1\n',
+    'def f(): "x"\n': 'def f(): ...\n',
+    'x = 1; "doc"; y = 2  # c\n': 'x = 1; y = 2\n',
+    '"""module"""\n# comment\nx = 1  # one\n"""x doc"""\n': '\n\nx = 1\n\n',
+    'class E(Exception):\n    """one\n    two"""\n\n\nclass F:\n    x: int\n    """x doc"""\n\n    def m(self):\n'
+    '        """m"""  # c\n        return "not a docstring"\n':
+        'class E(Exception):\n    ...\n\n\n\nclass F:\n    x: int\n\n\n    def m(self):\n\n        return "not a docstring"\n',
+    '("a"  # c\n "b")\ns = "é # not a comment"  # ö\n': '\n\ns = "é # not a comment"\n',
+    'def g():\n    x = 1\n    "kept: not a docstring, not in a module or class body"\n':
+        'def g():\n    x = 1\n    "kept: not a docstring, not in a module or class body"\n',
+    'async def h():\n  """x"""\n': 'async def h():\n  ...\n',
+}
+
+
+def test_strip_cases_and_refusals():
+    for src, want in STRIP_CASES.items():
+        assert strip_checked(src) == want, src
+    with pytest.raises(StripError, match="between a header and code"):
+        strip_source('def f(): """a\nb"""; return 1\n')
+    with pytest.raises(StripError, match="carriage returns"):
+        strip_source("x = 1\r\n")
+    src = 'def f():\n    """doc"""\n    return 1\n'
+    check_stripped(src, strip_source(src))
+    with pytest.raises(StripError, match="line count"):
+        check_stripped(src, "def f():\n    return 1\n")
+    with pytest.raises(StripError, match="not the same code"):
+        check_stripped(src, "def f():\n\n    return 2\n")
+    with pytest.raises(StripError, match="not the same code"):  # the same code, a line off
+        check_stripped(src, "def f():\n    return 1\n\n")
+
+
+def test_stripped_modules_keep_every_line_and_the_ast():
+    cfg, _ = resolve("record", [], env={})
+    b = build_bundle(cfg)
+    got = embedded(b.readable)
+    assert b.stripped and got == embedded_sources(b.modules) and list(got) == list(b.modules)
+    for name, info in b.modules.items():
+        src, out = info.source, got[name]
+        check_stripped(src, out, name)  # what the bundler checked: the same AST minus docstrings, line for line
+        assert ast.dump(ast.parse(out)) == ast.dump(without_docstrings(src))
+        old, new = src.split("\n"), out.split("\n")
+        assert len(old) == len(new), name
+        for i, (o, n) in enumerate(zip(old, new), 1):  # each line is blank, `...` or the start of the original
+            assert n == o[: len(n)] or n.strip() == "...", f"{name}:{i}: {n!r} vs {o!r}"
+        tree = ast.parse(out)
+        scopes = [x for x in ast.walk(tree) if isinstance(x, (ast.Module, ast.ClassDef, ast.FunctionDef))]
+        assert all(ast.get_docstring(x, clean=False) is None for x in scopes), name
+        assert not [t for t in tokenize.generate_tokens(io.StringIO(out).readline) if t.type == tokenize.COMMENT]
+    assert sum(map(len, got.values())) < 0.8 * sum(len(i.source) for i in b.modules.values())
+
+
+def _readable(text: str) -> str:
+    if text.startswith("#!"):
+        return text
+    return lzma.decompress(base64.b85decode(text.split('b85decode("')[1].split('")')[0])).decode()
+
+
+def test_record_bundle_size_and_keep_docs(tmp_path, capsys):
+    """The default embeds stripped sources; --keep-docs the repository's files verbatim; both record the form."""
+    meta = {}
+    for form, flags in (("stripped", []), ("verbatim", ["--keep-docs"])):
+        out = tmp_path / form
+        assert bundle_cli("--preset", "record", "--out", str(out), *flags) == 0
+        meta[form] = json.loads((out / "bundle.json").read_text())
+        assert meta[form]["sources"] == form and meta[form]["compressed"]
+        assert f"({form})" in capsys.readouterr().out and form in (out / "README.md").read_text()
+        text = _readable((out / "train_gpt.py").read_text())
+        assert len(text.encode()) == meta[form]["sizes"]["readable"]
+        mods = embedded(text)
+        assert list(mods) == meta[form]["modules"]
+        repo = {n: (REPO_SRC / n.replace(".", "/")).with_suffix(".py") for n in mods}
+        repo = {n: p if p.is_file() else p.with_suffix("") / "__init__.py" for n, p in repo.items()}
+        verbatim = {n: p.read_text(encoding="utf-8") for n, p in repo.items()}
+        if form == "verbatim":
+            assert mods == verbatim and "The sources are embedded verbatim" in text
+        else:
+            assert mods == {n: strip_checked(v) for n, v in verbatim.items()} and "stripped of docstrings" in text
+    s, v = meta["stripped"], meta["verbatim"]
+    print(f"record train_gpt.py: stripped {s['sizes']} ; --keep-docs {v['sizes']}")
+    assert s["code_bytes"] <= RECORD_CODE_GOAL < v["code_bytes"]
+    assert s["sizes"]["readable"] < v["sizes"]["readable"]
+
+
 # ------------------------------------------------------------------------------------------------ emission
 
 
@@ -224,9 +350,6 @@ def test_bundle_is_deterministic_and_reproduces_the_config(tmp_path):
     own = a.readable.split("\n_SOURCES[")[0] + a.readable.split("\n_PACKAGES = ")[1]  # all but the sources
     assert datetime.date.today().isoformat() not in own  # no date stamp (same inputs, same bytes)
     # The compressed form is a wrapper around exactly the readable text.
-    import base64
-    import lzma
-
     blob = a.compressed.split('b85decode("')[1].split('")')[0]
     assert lzma.decompress(base64.b85decode(blob)).decode() == a.readable
 
@@ -244,7 +367,7 @@ def test_bundle_record_from_run_dir(tmp_path, capsys):
                                                "bundle.json"}
     meta = json.loads((out / "bundle.json").read_text())
     n = code_bytes(out / "train_gpt.py")
-    assert meta["code_bytes"] == n and meta["compressed"] and meta["preset"] == "tiny"
+    assert meta["code_bytes"] == n and meta["compressed"] and meta["preset"] == "tiny" and meta["sources"] == "stripped"
     assert meta["overrides"] == {"seed": 5, "train.iterations": 9} and meta["config_hash"] == config_hash(cfg)
     assert meta["model_bytes"] == 1000 and meta["total_bytes"] == n + 1000 and "pgolf.pipeline" in meta["modules"]
     assert f"code_bytes: {n}" in text and f"total_bytes: {n + 1000}" in text and "ok," in text
@@ -324,6 +447,7 @@ print(json.dumps(out))
     assert out["other"] == [2, 3]  # another preset: the bundled overrides (differences from tiny) do not apply
     assert "is not in this bundle" in out["cli"]
     assert 'File "<train_gpt.py>/pgolf/config/overrides.py"' in out["tb"] and "raise unknown_key(" in out["tb"]
+    assert assert_frames_show_repository_lines(out["tb"]) >= 2  # stripped sources, the repository's line numbers
     assert out["rc"] == 2 and not out["torch"]
     assert "train_gpt.py: error: unknown config key 'train.iteratons'" in r.stderr
     assert "did you mean train.iterations" in r.stderr
@@ -350,6 +474,7 @@ def test_bundled_train_gpt_runs_the_pipeline_without_pgolf(tmp_path, tiny_data, 
     frames = [i for i, line in enumerate(lines) if line.startswith('  File "<train_gpt.py>/pgolf/')]
     assert r.returncode == 1 and frames, r.stderr[-3000:]
     assert all(lines[i + 1].startswith("    ") and lines[i + 1].strip() for i in frames)  # the source line
+    assert assert_frames_show_repository_lines(r.stderr) == len(frames)  # of the repository's line number
 
 
 @pytest.mark.dist
