@@ -21,7 +21,7 @@ from pgolf.pipeline import run_record
 from pgolf.presets import resolve
 from pgolf.rundir import ARTIFACT
 from pgolf.runtime import DistEnv
-from pgolf.tools.audit.checks import CHECKS, add_audit_parser, audit, format_table
+from pgolf.tools.audit import CHECKS, add_audit_parser, audit, format_table
 
 COMPLIANT = ("plain", "sliding", "slot", "ttt", "ttt+slot")
 
@@ -109,6 +109,8 @@ def test_every_compliant_mode_passes_every_check(compliant_run):
     cov = check(report, "coverage")["evidence"]
     assert cov["lut_bytes"] == cov["text_bytes"] and cov["scored_tokens"] == cov["val_tokens"]
     assert all(e["reproduction"].startswith("reproduced") for e in cov["modes"].values())
+    assert check(report, "coverage")["message"].endswith(
+        f"re-scored and reproduced results.json for {len(COMPLIANT)} of {len(COMPLIANT)} modes")
     led = check(report, "ledger")["evidence"]
     assert led["ttt"]["updates"] > 0 and led["ttt+slot"]["updates"] > 0
     bud = check(report, "budgets")["evidence"]
@@ -153,6 +155,20 @@ def test_over_budget_artifact_fails(compliant_run, tmp_path):
     assert report["status"] == "FAIL" and c["status"] == "FAIL"
     assert f"> {size:,}" in c["message"] and "quant_summary.json says the artifact has 1,000 bytes" in c["message"]
     assert c["evidence"]["total_bytes"] == size + c["evidence"]["code_bytes"] and c["evidence"]["code_bytes"] > 0
+
+
+def test_coverage_message_says_whether_results_json_was_rescored(compliant_run):
+    """The whole scored stream re-scored reproduces results.json; a shorter probe prefix re-scores nothing
+    of results.json, and the PASS says so instead of counting 0 of N reproduced modes."""
+    whole = check(audit(compliant_run, checks=("coverage",), write=False), "coverage")
+    n = whole["evidence"]["scored_tokens"]
+    assert whole["status"] == "PASS"
+    assert whole["message"].endswith(f"re-scored and reproduced results.json for {len(COMPLIANT)} of "
+                                     f"{len(COMPLIANT)} modes"), whole["message"]
+    prefix = check(audit(compliant_run, checks=("coverage",), max_val_tokens=200, write=False), "coverage")
+    assert prefix["status"] == "PASS", prefix["message"]
+    assert prefix["message"].endswith(f"results.json not re-scored (probe prefix 200 of {n:,} tokens)"), prefix["message"]
+    assert all(e["reproduction"].startswith("not re-scored") for e in prefix["evidence"]["modes"].values())
 
 
 def test_validation_stream_edited_after_scoring_fails(compliant_run, small_data, tmp_path):

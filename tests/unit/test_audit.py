@@ -1,6 +1,7 @@
 """The auditor's parts without a trained run: probe placement, the SCORED_TAP hook, the self-prediction
-probe's sign on the shared-SLOT reference mode, the target-level TTT ledger check, hardware matching and
-the budget and data checks on synthetic records. (tests/e2e/test_audit.py audits real runs.)"""
+probe's sign on the shared-SLOT reference mode, the target-level TTT ledger check, hardware matching,
+coverage's summary of what it re-scored, and the budget and data checks on fake run directories read
+through pgolf.rundir. (tests/e2e/test_audit.py audits real runs.)"""
 
 import hashlib
 import json
@@ -13,8 +14,12 @@ from pgolf.data.shards import write_shard
 from pgolf.presets import resolve
 from pgolf.runtime import DistEnv
 from pgolf.scoring.evaluate import mode_plan
+from pgolf.telemetry import describe_hardware, hardware_matches
 from pgolf.tools.audit.causality import probe_mode, probe_points, run_mode
-from pgolf.tools.audit.checks import Run, ValData, check_budgets, check_data, ledger_problems, on_target_hardware
+from pgolf.tools.audit.checks_run import check_budgets, check_data
+from pgolf.tools.audit.checks_scoring import ledger_problems, reproduction_summary
+from pgolf.tools.audit.context import ValData
+from tests.helpers.audit import CPU, NO_VAL, H100x8, fake_context
 from tests.helpers.models import CAUSALITY_SETS as SETS
 from tests.helpers.models import make_data, perturbed_tiny_model
 
@@ -108,22 +113,33 @@ def test_ledger_check_is_target_level():
     ("any CPU", {"device": "cpu", "cpu_count": 16, "world_size": 1}, True),
     ("any CPU", None, False),
 ])
-def test_on_target_hardware(target, env, ok):
-    assert on_target_hardware(target, env) is ok
+def test_hardware_matches_the_target(target, env, ok):
+    assert hardware_matches(target, env) is ok
 
 
-def fake_run(tmp_path, cfg, *, art_bytes=5000, train_s=10.0, env=None, reads=None, calib="selfgen"):
-    art = tmp_path / "artifact.pgolf"
-    art.write_bytes(b"\0" * art_bytes)
-    results = {"modes": {"sliding": {"seconds": 3.0, "targets": 10, "bytes": 20, "compliant": True}},
-               "artifact_bytes": art_bytes}
-    quant = {"artifact_bytes": art_bytes, "code_bytes": 1000, "calibration": {"source": calib}}
-    return Run(tmp_path, cfg, results, art, quant, {"train": train_s, "score": 3.5},
-               {"charged_seconds": train_s, "train_seconds": train_s}, reads, env)
+def test_describe_hardware_names_the_machine():
+    assert describe_hardware(H100x8) == "8xNVIDIA H100 80GB HBM3"
+    assert describe_hardware(CPU) == "cpu (2 cores)"
+    assert describe_hardware(None) == "unknown hardware (no env.json)"
 
 
-CPU = {"device": "cpu", "cpu_count": 2, "world_size": 1}
-H100x8 = {"device": "cuda:0", "gpu": "NVIDIA H100 80GB HBM3", "world_size": 8}
+def fake_run(tmp_path, cfg, val=NO_VAL, **kw):
+    """The audit context of a fake run directory (tests/helpers/audit.py) at tmp_path/run."""
+    return fake_context(tmp_path / "run", cfg, val, **kw)
+
+
+def test_coverage_summary_says_what_was_rescored():
+    """PASS never reads like 'reproduces results.json for 0/1 modes' when the prefix is shorter than the
+    scored stream: it says results.json was not re-scored, and on which prefix."""
+    done = {"reproduction": "reproduced within 1e-05 relative", "prefix_tokens": 8192}
+    short = {"reproduction": "not re-scored: the probe prefix (2,048) is shorter", "prefix_tokens": 2048}
+    other = {"reproduction": "not compared: the run scored on another device type", "prefix_tokens": 8192}
+    assert reproduction_summary({"sliding": done}, 8192) == "re-scored and reproduced results.json for 1 of 1 modes"
+    assert reproduction_summary({"sliding": short}, 8192) == "results.json not re-scored (probe prefix 2,048 of 8,192 tokens)"
+    assert reproduction_summary({"plain": done, "sliding": short}, 8192) == (
+        "re-scored and reproduced results.json for 1 of 2 modes; "
+        "results.json not re-scored for 1 of 2 modes (probe prefix 2,048 of 8,192 tokens)")
+    assert "not compared with results.json" in reproduction_summary({"sliding": other}, 8192)
 
 
 def test_budgets_bytes_from_disk_and_times_only_on_the_target(tmp_path):
@@ -166,23 +182,23 @@ def test_data_check_reads_calibration_and_document_overlap(tmp_path):
     cfg = cfg_with(f"data.path={ds}")
     reads = [{"file": str(ds / "fineweb_train_000000.bin"), "purpose": "train"},
              {"file": str(ds / "fineweb_val_000000.bin"), "purpose": "periodic_eval"}]
-    good = check_data(fake_run(tmp_path, cfg, reads=reads, env=CPU), val)
+    good = check_data(fake_run(tmp_path, cfg, val, reads=reads, env=CPU))
     assert good.status == "PASS", good.message
     assert good.evidence["documents"]["overlap"] == 0 and good.evidence["shards"]["hashed"] == 2
 
     sneaky = reads + [{"file": str(ds / "fineweb_val_000000.bin"), "purpose": "train"}]
-    r = check_data(fake_run(tmp_path, cfg, reads=sneaky, calib="val", env=CPU), val)
+    r = check_data(fake_run(tmp_path, cfg, val, reads=sneaky, calib="val", env=CPU))
     assert r.status == "FAIL"
     assert "fineweb_val_000000.bin (train)" in r.message and "calibrated on 'val' data" in r.message
-    assert "no reads.json" in check_data(fake_run(tmp_path, cfg, reads=None, env=CPU), val).message
+    assert "no reads.json" in check_data(fake_run(tmp_path, cfg, val, reads=None, env=CPU)).message
 
 
 def test_data_check_document_overlap_and_missing_manifest(tmp_path):
     ds, val = _layout(tmp_path, ["a1", "b2"], ["b2", "e5"])
     cfg = cfg_with(f"data.path={ds}")
     reads = [{"file": str(ds / "fineweb_train_000000.bin"), "purpose": "train"}]
-    r = check_data(fake_run(tmp_path, cfg, reads=reads, env=CPU), val)
+    r = check_data(fake_run(tmp_path, cfg, val, reads=reads, env=CPU))
     assert r.status == "FAIL" and "1 documents are in both train and val (e.g. b2)" in r.message
     (tmp_path / "root" / "manifest.json").unlink()
-    s = check_data(fake_run(tmp_path, cfg, reads=reads, env=CPU), val)
+    s = check_data(fake_run(tmp_path, cfg, val, reads=reads, env=CPU))
     assert s.status == "SKIP" and s.message.startswith("SKIP (no manifest)")

@@ -47,6 +47,7 @@ from pgolf.config import RunConfig
 from pgolf.runtime import DistEnv
 from pgolf.scoring.bpb import SCORED_TAP
 from pgolf.scoring.evaluate import WARM_SEGMENTS, EvalData, evaluate, mode_plan
+from pgolf.scoring.modes import MODES
 from pgolf.scoring.plan import ScorePlan
 from pgolf.scoring.slot import segments
 from pgolf.scoring.ttt import chunk_windows
@@ -55,8 +56,6 @@ CUDA_TOLERANCE = 1e-5
 """nats: the largest per-target NLL / log-probability change accepted as device noise on CUDA."""
 NORM_SAMPLES = 32
 """Evenly spaced scored positions whose distribution is captured for the normalization check."""
-SLOT_MODES = ("slot", "ttt+slot")
-TTT_MODES = ("ttt", "ttt+slot")
 
 
 def tolerance(device: torch.device) -> float:
@@ -69,20 +68,22 @@ def required_tokens(mode: str, cfg: RunConfig) -> int:
     batches (two warm-start segments of two batches), TTT three chunks (the last one short) so that an
     update happens between two scoring phases and the chunk after it is scored after it."""
     T, bw, S = cfg.score.seq_len, cfg.score.sliding.batch_windows, cfg.score.sliding.stride
-    if mode == "plain":
+    m = MODES[mode]
+    if not m.overlapping:  # plain
         return 3 * T + 1
-    if mode in TTT_MODES:
+    if m.ttt:
         return 2 * cfg.score.ttt.chunk_tokens + max(T, bw * S) + 2
-    windows = 4 * bw if mode == "slot" else 2 * bw + 2
+    windows = 4 * bw if m.slot else 2 * bw + 2
     return (windows - 1) * S + T + 1
 
 
 def probe_warm_segments(mode: str, plan: ScorePlan, cfg: RunConfig, run_warm_segments: int) -> int:
     """The run's warm-start segment count, lowered until each segment holds >= 2 batches."""
     bw = cfg.score.sliding.batch_windows
-    if mode not in SLOT_MODES:
+    m = MODES[mode]
+    if not m.slot:
         return run_warm_segments
-    if mode == "slot":
+    if not m.ttt:  # slot: segments of the whole stream's batches
         batches = -(-plan.num_windows // bw)
     else:  # ttt+slot: segments are cut inside each TTT chunk
         batches = max(1, cfg.score.ttt.chunk_tokens // (plan.stride * bw))
@@ -104,11 +105,11 @@ def probe_points(mode: str, plan: ScorePlan, cfg: RunConfig, warm_segments: int)
         pts.append((first(bw), "batch"))
     lo, hi = plan.scored_range((2 * W) // 3)
     pts.append(((lo + hi) // 2, "inside"))
-    if mode == "slot":
+    if MODES[mode].family == "slot":  # warm-start segments over the whole stream (ttt+slot cuts them per chunk)
         segs = segments(0, W, bw, warm_segments)
         if len(segs) > 1:
             pts.append((first(segs[1][0]), "segment"))
-    if mode in TTT_MODES:
+    if MODES[mode].ttt:
         c = cfg.score.ttt.chunk_tokens
         pts += [(c - 1, "chunk"), (c, "chunk")]
     pts.append((n - 1, "end"))
@@ -203,7 +204,7 @@ def ttt_chunks(plan: ScorePlan, cfg: RunConfig) -> int:
 def too_short_for_ttt(mode: str, plan: ScorePlan, cfg: RunConfig) -> str | None:
     """Why score-first TTT cannot update on this prefix (then its probes are vacuous), or None."""
     t = cfg.score.ttt
-    if mode in TTT_MODES and t.mode == "score_first" and t.epochs > 0 and ttt_chunks(plan, cfg) < 2:
+    if MODES[mode].ttt and t.mode == "score_first" and t.epochs > 0 and ttt_chunks(plan, cfg) < 2:
         return (f"the {plan.n_targets + 1:,}-token prefix holds {ttt_chunks(plan, cfg)} TTT chunk(s) of "
                 f"{t.chunk_tokens:,} targets: no update happens (needs > {t.chunk_tokens + 1:,} tokens)")
     return None
@@ -211,15 +212,16 @@ def too_short_for_ttt(mode: str, plan: ScorePlan, cfg: RunConfig) -> str | None:
 
 def _vacuous(mode: str, res: dict) -> str | None:
     """Why the prefix exercised none of the mode's adaptation (then the probe proves nothing), or None."""
-    if mode in TTT_MODES:
+    m = MODES[mode]
+    if m.ttt:
         ttt = res.get("ttt", {})
         if not ttt.get("updates"):
             return f"{ttt.get('chunks', '?')} TTT chunk(s) on the prefix: no update happened between scoring phases"
-    if mode in SLOT_MODES:
+    if m.slot:
         slot = res.get("slot", {})
         if not slot.get("windows_adapted"):
             return "no SLOT window adapted on the prefix"
-        if mode == "slot" and slot.get("batches", 0) < 2:
+        if m.family == "slot" and slot.get("batches", 0) < 2:
             return "one SLOT batch on the prefix: no warm start"
     return None
 
