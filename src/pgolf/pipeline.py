@@ -30,7 +30,7 @@ from pgolf.rundir import (
     Run,
     RunLogger,
 )
-from pgolf.runtime import DistEnv, resolve_precision
+from pgolf.runtime import DistEnv, score_precision
 from pgolf.scoring.evaluate import evaluate
 from pgolf.telemetry import PhaseTimer
 from pgolf.train.loop import TrainResult, train
@@ -41,11 +41,14 @@ def score_artifact(cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, progres
     """Score `<run_dir>/artifact.pgolf` with the configured modes; -> {mode: result}."""
     run_dir = Path(run_dir)
     model = load_artifact(run_dir / ARTIFACT, env.device)
-    amp, _ = resolve_precision(cfg, env.device)
+    prec = score_precision(cfg, env)
+    if log is not None:
+        log.log(f"score_precision:{prec.name} ({prec.reason})")
     with PhaseTimer(log, "score", env.device):
-        res = evaluate(model, cfg, env, modes=modes or cfg.score.modes, autocast_dtype=amp,
+        res = evaluate(model, cfg, env, modes=modes or cfg.score.modes, autocast_dtype=prec.dtype,
                        max_val_tokens=cfg.score.max_val_tokens, progress=progress)
     for mode, r in res.items():
+        r["precision_reason"] = prec.reason
         if cfg.score.max_val_tokens:
             r["partial"] = f"first {cfg.score.max_val_tokens} validation tokens only: not a challenge score"
         if log is not None:

@@ -85,7 +85,7 @@ def cpu() -> RunConfig:
                      mix_max_shards=4, progress_batches=400),
         train=replace(r.train, seq_len=512, batch_tokens=4096, warmup_steps=2, warmdown_iters=400,
                       val_every=200, val_max_tokens=65_536, log_every=50, ema_decay=0.99, compile="on",
-                      precision="bf16"),
+                      precision="auto"),
         optim=replace(r.optim, muon_momentum_warmup_steps=100),
         # Self-generated calibration re-reads the prefix at every step (cost ~ seqs * len^2): 32 x 128
         # takes ~15-35 s on 2 cores, 32 x 256 four times that. With that little calibration data, more
@@ -127,7 +127,8 @@ def tiny() -> RunConfig:
                           compile="off", precision="fp32"),
         optim=replace(r.optim, muon_momentum_warmup_steps=5),
         quant=replace(r.quant, calib_seqs=4, calib_seq_len=64, calib_batch=2, block_size=16),
-        score=ScoreConfig(modes=("sliding",), seq_len=64, sliding=SlidingConfig(stride=16, batch_windows=8),
+        score=ScoreConfig(modes=("sliding",), seq_len=64, precision="fp32",
+                          sliding=SlidingConfig(stride=16, batch_windows=8),
                           slot=SlotConfig(phase_iters=(2, 3), phase_history=(3, 5), phase_alpha=(0.0, 0.0),
                                           focal=16),
                           ttt=TTTConfig(chunk_tokens=256, epochs=1, batch_seqs=4)),

@@ -13,10 +13,13 @@ contiguous rank split of a range (`rank_share`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,13 +117,125 @@ def rank_share(lo: int, hi: int, env: DistEnv) -> tuple[int, int]:
     return lo + n * env.rank // env.world_size, lo + n * (env.rank + 1) // env.world_size
 
 
-def resolve_precision(cfg: RunConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """-> (autocast dtype, or None for fp32; torch.compile on?) for the run's train.precision and
-    train.compile ("auto": bf16 autocast and compile on CUDA, fp32 eager elsewhere)."""
-    p = cfg.train.precision
-    dtype = torch.bfloat16 if (p == "bf16" or (p == "auto" and device.type == "cuda")) else None
+BF16_MIN_SPEEDUP = 1.25
+"""precision=auto on CPU picks bf16 autocast only if bf16 matmuls run at least this much faster than fp32."""
+_PROBE_SHAPE = (1024, 256, 768)
+"""(M, K, N) of the probe matmul: a 1,024-token batch through a 256 -> 768 MLP projection, the cpu preset's."""
+
+
+@dataclass(frozen=True)
+class BF16Probe:
+    """What a short measurement says about bf16 matmuls on this CPU (measured once per process)."""
+
+    fp32_gflops: float
+    bf16_gflops: float
+    seconds: float
+    cpu_flags: tuple[str, ...]
+    """The CPU's bf16-related flags from /proc/cpuinfo (amx_bf16, amx_tile, avx512_bf16), when readable."""
+
+    @property
+    def speedup(self) -> float:
+        return self.bf16_gflops / self.fp32_gflops
+
+
+def _cpu_bf16_flags() -> tuple[str, ...]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ()
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return tuple(f for f in ("amx_bf16", "amx_tile", "avx512_bf16") if f in flags)
+
+
+def _gflops(a: torch.Tensor, b: torch.Tensor, reps: int) -> float:
+    torch.mm(a, b)  # warm-up (oneDNN picks and caches its kernel)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    dt = max(time.perf_counter() - t0, 1e-9)
+    m, k = a.shape
+    return 2.0 * m * k * b.shape[1] * reps / dt / 1e9
+
+
+@functools.cache
+def probe_cpu_bf16() -> BF16Probe:
+    """Time the probe matmul in fp32 and in bf16 on this CPU (~0.1-1 s; cached for the process).
+
+    bf16 is what autocast runs the linears in; on CPUs with AMX (or AVX512-BF16) units it is several
+    times faster than fp32, on CPUs without them (AVX2, plain AVX-512) it is emulated and ~20x slower."""
+    t0 = time.perf_counter()
+    m, k, n = _PROBE_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=gen)
+    b = torch.randn(k, n, generator=gen)
+    fp32 = _gflops(a, b, 8)
+    bf16 = _gflops(a.bfloat16(), b.bfloat16(), 2)
+    return BF16Probe(fp32, bf16, time.perf_counter() - t0, _cpu_bf16_flags())
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The precision a stage computes in, and why (logged; recorded in env.json and results.json)."""
+
+    dtype: torch.dtype | None
+    """The autocast dtype, or None for fp32."""
+    requested: str
+    """The config's value: "auto", "bf16" or "fp32"."""
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "bf16-autocast" if self.dtype is not None else "fp32"
+
+    def to_json(self) -> dict:
+        return {"precision": self.name, "requested": self.requested, "reason": self.reason}
+
+    @staticmethod
+    def from_json(d: dict) -> Precision:
+        """The decision recorded in a run directory (so a resumed run computes as it did)."""
+        dtype = torch.bfloat16 if d["precision"] == "bf16-autocast" else None
+        return Precision(dtype, d["requested"], f"as recorded: {d['reason']}")
+
+
+def choose_precision(requested: str, device: torch.device) -> Precision:
+    """bf16 / fp32 as requested; "auto": bf16 autocast on CUDA; on CPU bf16 only where this CPU's bf16
+    matmuls measure at least BF16_MIN_SPEEDUP x faster than fp32 (`probe_cpu_bf16`), else fp32."""
+    if requested == "bf16":
+        return Precision(torch.bfloat16, requested, "requested")
+    if requested == "fp32":
+        return Precision(None, requested, "requested")
+    if requested != "auto":
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {requested!r}")
+    if device.type == "cuda":
+        return Precision(torch.bfloat16, requested, "auto: CUDA")
+    p = probe_cpu_bf16()
+    fast = p.speedup >= BF16_MIN_SPEEDUP
+    flags = ", ".join(p.cpu_flags) if p.cpu_flags else "no amx_bf16/avx512_bf16 flags"
+    why = (f"auto: bf16 matmul {p.speedup:.2f}x fp32 on this CPU (fp32 {p.fp32_gflops:.0f} GFLOP/s, bf16 "
+           f"{p.bf16_gflops:.0f} GFLOP/s; {flags}; bf16 needs >= {BF16_MIN_SPEEDUP}x)")
+    return Precision(torch.bfloat16 if fast else None, requested, why)
+
+
+def train_precision(cfg: RunConfig, env: DistEnv) -> Precision:
+    """Training (and self-generated calibration) precision: train.precision; rank 0 decides for all ranks."""
+    return env.broadcast_object(choose_precision(cfg.train.precision, env.device))
+
+
+def score_precision(cfg: RunConfig, env: DistEnv) -> Precision:
+    """Scoring precision: score.precision, decided on the machine that scores by the same rule (rank 0
+    decides for all ranks, so every rank computes the same math)."""
+    return env.broadcast_object(choose_precision(cfg.score.precision, env.device))
+
+
+def compile_on(cfg: RunConfig, device: torch.device) -> bool:
+    """train.compile: "on", "off", or "auto" = on CUDA only (a cold CPU compile costs ~1-2 minutes)."""
     c = cfg.train.compile
-    return dtype, (c == "on" or (c == "auto" and device.type == "cuda"))
+    return c == "on" or (c == "auto" and device.type == "cuda")
+
+
+def resolve_precision(cfg: RunConfig, env: DistEnv) -> tuple[torch.dtype | None, bool]:
+    """-> (training autocast dtype, or None for fp32; torch.compile on?)."""
+    return train_precision(cfg, env).dtype, compile_on(cfg, env.device)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

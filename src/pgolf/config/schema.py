@@ -77,6 +77,8 @@ class TrainConfig:
     """Write a resumable checkpoint every k steps (0 = only at the end)."""
     compile: Literal["auto", "on", "off"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """Training precision: auto = bf16 autocast on CUDA; on CPU bf16 only where a short measurement finds
+    bf16 matmuls faster than fp32 (CPUs with AMX / AVX512-BF16 units), else fp32 (runtime.choose_precision)."""
     attention: Literal["auto", "fa3", "sdpa"] = "auto"
 
     def __post_init__(self) -> None:
@@ -275,6 +277,9 @@ class ScoreConfig:
     max_val_tokens: int = 0
     """Score only the first N validation tokens (0 = all). Quick checks only: a partial score is labelled
     as such and is never a challenge result."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """Scoring precision, decided on the machine that scores: auto = bf16 autocast on CUDA; on CPU bf16 only
+    where bf16 matmuls measure faster than fp32 (runtime.choose_precision), else fp32."""
     sliding: SlidingConfig = field(default_factory=SlidingConfig)
     slot: SlotConfig = field(default_factory=SlotConfig)
     ttt: TTTConfig = field(default_factory=TTTConfig)

@@ -81,7 +81,7 @@ def quantize_run(run_dir: str | Path, env: DistEnv, *, code_bytes: int = 0, prog
     q = cfg.quant
     log = log or RunLogger(run_dir, is_main=env.is_main, echo=echo)
     model = load_final_weights(run_dir, cfg, env.device).float()
-    amp, _ = resolve_precision(cfg, env.device)
+    amp, _ = resolve_precision(cfg, env)
     H, calib = calibration_hessians(model, cfg, env, run_dir, autocast_dtype=amp, log=log, progress=progress)
     summary: dict = {}
     if env.is_main:

@@ -208,6 +208,7 @@ def evaluate(model: torch.nn.Module, cfg: RunConfig, env: DistEnv, *, modes: Ite
             if nll is not None:
                 nll_out[mode] = _gather_nll(nll, env, mode)
             results[mode] = {**r, "seconds": secs, "windows": plan.num_windows,
+                             "precision": "bf16-autocast" if autocast_dtype is not None else "fp32",
                              "windows_per_s": plan.num_windows / secs if secs > 0 else float("inf"),
                              "settings": mode_settings(mode, cfg, plan, warm_segments), "weights": weights}
     finally:

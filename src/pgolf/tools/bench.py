@@ -21,7 +21,7 @@ from pgolf.quant.container import build_payload
 from pgolf.quant.schemes import entropy_bytes, quantize_model
 from pgolf.quant.stage import calibration_hessians
 from pgolf.rundir import RunLogger, load_config, load_final_weights
-from pgolf.runtime import DistEnv, resolve_precision, session, sync
+from pgolf.runtime import DistEnv, resolve_precision, score_precision, session, sync
 from pgolf.scoring.evaluate import evaluate, load_eval_data, mode_plan
 from pgolf.tools.args import add_config_args, add_device, add_json, add_sets, prefixed_sets, resolve_args
 from pgolf.tools.evaltool import eval_model, eval_source, parse_modes
@@ -62,7 +62,8 @@ def bench_train(cfg: RunConfig, env: DistEnv, steps: int = 10) -> dict:
             "grad_accum": tr.accum,
             "attention": tr.attn_name,
             "compile": tr.compile,
-            "precision": "bf16-autocast" if tr.amp_dtype else "fp32",
+            "precision": tr.precision.name,
+            "precision_reason": tr.precision.reason,
             "params": tr.raw_model.num_params(),
             "batch_tokens": cfg.train.batch_tokens,
             "steps_timed": steps,
@@ -89,11 +90,12 @@ def bench_quant(run_dir, env: DistEnv, *, modes: tuple[str, ...] = ("plain",), m
     run_dir = Path(run_dir)
     cfg = apply_overrides(load_config(run_dir), list(sets))  # quant.* overrides (calibration, clip, ...)
     cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, modes=tuple(modes)))
-    amp, _ = resolve_precision(cfg, env.device)
+    amp = score_precision(cfg, env).dtype
+    amp_calib, _ = resolve_precision(cfg, env)
     model = load_final_weights(run_dir, cfg, env.device).float()
     out: dict = {"run_dir": str(run_dir), "modes": list(modes), "max_val_tokens": max_val_tokens,
                  "matrix_bits": cfg.quant.matrix_bits, "embed_bits": cfg.quant.embed_bits, "device": str(env.device),
-                 "quant": dataclasses.asdict(cfg.quant)}
+                 "quant": dataclasses.asdict(cfg.quant), "score_precision": "bf16-autocast" if amp else "fp32"}
 
     def score(m) -> dict:
         r = evaluate(m, cfg, env, modes=modes, max_val_tokens=max_val_tokens, autocast_dtype=amp, progress=progress)
@@ -105,7 +107,7 @@ def bench_quant(run_dir, env: DistEnv, *, modes: tuple[str, ...] = ("plain",), m
     with tempfile.TemporaryDirectory() as tmp:
         log = RunLogger(tmp, env.is_main, echo=False)
         t = time.perf_counter()
-        H, calib = calibration_hessians(model, replace_quant(cfg, method="gptq"), env, run_dir, autocast_dtype=amp,
+        H, calib = calibration_hessians(model, replace_quant(cfg, method="gptq"), env, run_dir, autocast_dtype=amp_calib,
                                         log=log, progress=progress)
         out["calibration"] = {**calib, "seconds": time.perf_counter() - t}
         tensors = {}
@@ -145,7 +147,7 @@ def bench_calib(cfg: RunConfig, env: DistEnv, *, run_dir=None,
         model = load_final_weights(run_dir, cfg, env.device).float()
     else:
         model = build_gpt(cfg.model, cfg.seed, env.device)
-    amp, _ = resolve_precision(cfg, env.device)
+    amp, _ = resolve_precision(cfg, env)
     q = cfg.quant
     out: dict = {"preset": cfg.preset, "device": str(env.device), "world_size": env.world_size,
                  "weights": "trained" if run_dir is not None else "fresh init", "seqs": q.calib_seqs,

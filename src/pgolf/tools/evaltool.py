@@ -24,7 +24,7 @@ from pgolf.config import SCORE_MODES, ConfigError, RunConfig, apply_overrides, p
 from pgolf.presets import resolve
 from pgolf.quant.artifact import load_artifact
 from pgolf.rundir import ARTIFACT, MODEL_FINAL, load_config, load_final_weights
-from pgolf.runtime import resolve_precision
+from pgolf.runtime import score_precision
 from pgolf.tools.args import usage
 from pgolf.tools.data.verify import find_layout
 
@@ -162,5 +162,5 @@ def eval_model(source, cfg, env):
         print(f"pgolf eval: WARNING: no artifact in {source.path.parent}; scoring {source.path.name}: "
               f"{source.label}", file=sys.stderr)
     model, cfg = load_eval_model(source, cfg, env.device)
-    amp, _ = resolve_precision(cfg, env.device)  # the config's precision (bf16 autocast on GPU by default)
-    return model, cfg, amp
+    prec = score_precision(cfg, env)  # score.precision, decided on this machine
+    return model, cfg, prec.dtype

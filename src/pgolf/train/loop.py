@@ -45,11 +45,12 @@ from pgolf.rundir import (
     MODEL_FINAL,
     READS,
     TRAIN_SUMMARY,
+    Run,
     RunLogger,
     TrainSummary,
     write_config,
 )
-from pgolf.runtime import DistEnv, autocast, resolve_precision, seed_everything, sync
+from pgolf.runtime import DistEnv, Precision, autocast, compile_on, seed_everything, sync, train_precision
 from pgolf.scoring.plan import plain_plan
 from pgolf.scoring.sliding import score_windows
 from pgolf.telemetry import PhaseTimer, Progress, environment_fingerprint
@@ -106,7 +107,8 @@ class Trainer:
         cfg, env = self.cfg, self.env
         seed_everything(cfg.seed)
         self.device = env.device
-        self.amp_dtype, self.compile = resolve_precision(cfg, self.device)
+        self.precision = self._precision()
+        self.amp_dtype, self.compile = self.precision.dtype, compile_on(cfg, self.device)
         self.accum = derive_grad_accum(cfg, env.world_size, self.device.type)
         attn, attn_name, warn = select_attention(cfg.train.attention, self.device)
         if warn:
@@ -144,6 +146,15 @@ class Trainer:
         self.train_seconds = 0.0
         self.val_history: list[dict] = []
 
+    def _precision(self) -> Precision:
+        """train.precision for this machine; a resumed run computes in the precision it recorded (env.json),
+        so "auto" is decided once per run, not once per process."""
+        if self.resume:
+            rec = (Run(self.run_dir).env() or {}).get("train_precision")
+            if rec and rec.get("requested") == self.cfg.train.precision:
+                return Precision.from_json(rec)
+        return train_precision(self.cfg, self.env)
+
     def _new_loader(self):
         cfg = self.cfg
         return build_train_loader(cfg.data.path, seq_len=cfg.train.seq_len, batch_tokens=cfg.train.batch_tokens,
@@ -154,7 +165,7 @@ class Trainer:
         cfg, env = self.cfg, self.env
         fp = environment_fingerprint(self.device, env.world_size)
         self.log.write_json(ENV, {**fp, "attention": self.attn_name, "compile": self.compile,
-                                  "autocast": str(self.amp_dtype)})
+                                  "autocast": str(self.amp_dtype), "train_precision": self.precision.to_json()})
         write_config(self.log, cfg)
         counts = self.raw_model.param_count_by_role()
         self.log.log(f"pgolf {fp['pgolf']} torch {fp['torch']} python {fp['python']} device:{self.device} "
@@ -163,8 +174,8 @@ class Trainer:
         self.log.log(f"model_params:{self.raw_model.num_params()} " + " ".join(f"{k}:{v}" for k, v in counts.items() if v))
         self.log.log(f"world_size:{env.world_size} grad_accum_steps:{self.accum} "
                      f"global_batch_tokens:{cfg.train.batch_tokens} seq_len:{cfg.train.seq_len}")
-        self.log.log(f"attention:{self.attn_name} compile:{self.compile} "
-                     f"precision:{'bf16-autocast' if self.amp_dtype else 'fp32'}")
+        self.log.log(f"attention:{self.attn_name} compile:{self.compile} precision:{self.precision.name} "
+                     f"({self.precision.reason})")
         d = self.loader.describe()
         self.log.log(f"train_loader:{d.get('kind')} train_shards:{d.get('shards')} "
                      f"train_tokens:{d.get('train_tokens')}")
@@ -292,7 +303,8 @@ class Trainer:
         if self.resume:
             ck = load_checkpoint(self.run_dir / CKPT_DIR / LAST_CKPT)
             self._restore(ck)
-            self.log.log(f"resumed_from_step:{self.step} train_time:{self.train_seconds * 1000:.0f}ms")
+            self.log.log(f"resumed_from_step:{self.step} train_time:{self.train_seconds * 1000:.0f}ms "
+                         f"precision:{self.precision.name} ({self.precision.reason})")
         else:
             self._header()
         self.log.write_json(READS, self.reads)
