@@ -42,6 +42,7 @@ class Progress:
         self.n = 0
         self._t0 = time.monotonic()
         self._last = self._t0
+        self._eta: float | None = None
         self._bar = None
         if enabled and hasattr(self.stream, "isatty") and self.stream.isatty():
             tqdm = _tqdm()
@@ -49,11 +50,16 @@ class Progress:
                 self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True,
                                  unit_scale=True)
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int = 1, eta: float | None = None) -> None:
+        """Count n more; eta: seconds left when the caller knows better than the count (a wallclock cap)."""
         self.n += n
+        if eta is not None:
+            self._eta = max(0.0, eta)
         if not self.enabled:
             return
         if self._bar is not None:
+            if eta is not None:
+                self._bar.set_postfix_str(f"eta {self._eta:.0f}s", refresh=False)
             self._bar.update(n)
             return
         now = time.monotonic()
@@ -65,6 +71,8 @@ class Progress:
         el = max(time.monotonic() - self._t0, 1e-9)
         of = f"/{self.total}" if self.total else ""
         eta = f", eta {(self.total - self.n) * el / self.n:.0f}s" if self.total and 0 < self.n < self.total else ""
+        if self._eta is not None:
+            eta = f", eta {self._eta:.0f}s"
         print(f"{self.desc}: {self.n}{of} {self.unit} ({self.n / el:.1f} {self.unit}/s, {el:.0f}s{eta})",
               file=self.stream, flush=True)
 

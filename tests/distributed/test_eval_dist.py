@@ -14,7 +14,8 @@ from tests.helpers.models import make_data, perturbed_tiny_model
 
 SETS = ["score.seq_len=48", "score.sliding.stride=16", "score.sliding.batch_windows=4", "score.slot.focal=16",
         "score.slot.phase_iters=3,5", "score.slot.phase_history=5,5", "score.ttt.chunk_tokens=64",
-        "score.ttt.epochs=2", "score.ttt.lr=0.02", "score.ttt.batch_seqs=3"]
+        "score.ttt.epochs=2", "score.ttt.lr=0.02", "score.ttt.batch_seqs=3", "score.lora.chunk_tokens=16",
+        "score.lora.docs_per_batch=3", "score.lora.rank=2", "score.lora.phase_docs=4"]
 
 
 def _rank_eval(env, stream, luts_t, warm_segments):

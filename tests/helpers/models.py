@@ -54,3 +54,22 @@ def perturbed_tiny_model(*sets: str):
 CAUSALITY_SETS = ["score.seq_len=48", "score.sliding.stride=16", "score.sliding.batch_windows=4", "score.slot.focal=16",
                   "score.slot.phase_iters=5,18", "score.slot.phase_history=10,20", "score.slot.phase_alpha=0,0.5",
                   "score.ttt.chunk_tokens=64", "score.ttt.epochs=2", "score.ttt.lr=0.02", "score.ttt.batch_seqs=2"]
+
+
+BOS = 1
+
+
+def make_doc_data(lengths=(40, 7, 90, 3, 65, 30, 120, 12), V=512, seed=0, lead=0):
+    """A synthetic stream of documents: each starts with BOS (id 1) and holds length - 1 Zipf tokens that are
+    never BOS; `lead` tokens of a document fragment come first (a stream that does not start at a BOS)."""
+    rng = np.random.default_rng(seed)
+    pz = 1.0 / np.arange(1, V + 1) ** 1.1
+    pz[BOS] = 0.0
+    pz /= pz.sum()
+    parts = [rng.choice(V, size=lead, p=pz)] if lead else []
+    for n in lengths:
+        parts.append(np.concatenate([[BOS], rng.choice(V, size=n - 1, p=pz)]))
+    stream = np.concatenate(parts).astype(np.int64)
+    luts = ByteLUTs(base_bytes=rng.integers(1, 4, V).astype(np.int64), has_leading_space=rng.random(V) < 0.3,
+                    is_boundary=np.isin(np.arange(V), [0, 1, 2, 3]))
+    return stream, luts_to_torch(luts)

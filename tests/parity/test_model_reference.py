@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pgolf.config import ModelConfig
+from pgolf.model.attention import sdpa_attention
 from pgolf.model.gpt import GPT
 from pgolf.model.layers import (
     CausalSelfAttention,
@@ -19,7 +20,6 @@ from pgolf.model.layers import (
     SmearGate,
     apply_rotary,
     bigram_bucket_ids,
-    sdpa_attention,
     xsa_project,
 )
 from pgolf.presets import tiny

@@ -2,8 +2,9 @@
 world size; `sliding` with stride = seq_len equals `plain`.
 
 Plan level (hypothesis, cheap): the windows each rank scores in each mode (contiguous shares for
-plain/sliding, whole warm-start segments for slot, per-chunk shares or segments for ttt / ttt+slot)
-partition the plan's windows, and the plan's scored ranges tile the targets. Pipeline level: `evaluate()`
+plain/sliding/doc, whole warm-start segments for slot, per-chunk shares or segments for ttt / ttt+slot;
+for lora the documents of each rank's batches) partition the plan's windows (documents), and the plan's
+scored ranges tile the targets. Pipeline level: `evaluate()`
 itself raises unless every target was written exactly once (see evaluate._gather_nll); these tests run
 it at random shapes (world size 2 is tests/distributed/test_eval_dist.py).
 """
@@ -18,6 +19,7 @@ from pgolf.data.tokenizer import ByteLUTs, target_bytes
 from pgolf.presets import resolve
 from pgolf.runtime import DistEnv, rank_share
 from pgolf.scoring.evaluate import EvalData, evaluate, mode_plan, rank_window_count
+from pgolf.scoring.lora import DocQueue
 from pgolf.scoring.slot import rank_segments, segments
 from pgolf.scoring.ttt import chunk_windows
 from tests.helpers.models import make_data, perturbed_tiny_model
@@ -34,7 +36,7 @@ def rank_windows(mode, plan, cfg, env, warm_segments):
         a, b = rank_share(lo, hi, env)
         return list(range(a, b))
 
-    if mode in ("plain", "sliding"):
+    if mode in ("plain", "sliding", "doc"):
         lo, hi = plan.rank_windows(env)
         return list(range(lo, hi))
     if mode == "slot" or cfg.score.ttt.mode == "prequant":
@@ -55,9 +57,26 @@ def test_rank_windows_partition_and_targets_tile(n, T, data):
     S = data.draw(st.integers(1, T))
     ws = data.draw(st.integers(1, 9))
     ttt_mode = data.draw(st.sampled_from(["score_first", "prequant"]))
-    cfg = _cfg(T, S, data.draw(st.integers(1, 9)), data.draw(st.integers(1, 400)), f"score.ttt.mode={ttt_mode}")
+    per_batch = data.draw(st.integers(1, 5))
+    cfg = _cfg(T, S, data.draw(st.integers(1, 9)), data.draw(st.integers(1, 400)), f"score.ttt.mode={ttt_mode}",
+               f"score.lora.docs_per_batch={per_batch}", f"score.lora.chunk_tokens={min(T, 8)}")
+    bos = data.draw(st.lists(st.integers(0, n - 1), max_size=12))  # documents start wherever a BOS is drawn
+    stream = np.full(n, 7, dtype=np.int64)
+    stream[bos] = cfg.model.bos_id
     for mode in SCORE_MODES:
-        plan = mode_plan(mode, n, cfg)
+        plan = mode_plan(mode, stream, cfg)
+        if mode == "lora":  # ranks take whole batches of documents
+            queue = DocQueue.build(stream, cfg.model.bos_id, per_batch, ())
+            for world in (1, 2, 3, 8):
+                docs = []
+                for r in range(world):
+                    env = DistEnv(rank=r, world_size=world)
+                    mine = [d for a, b in queue.segments() for j in range(*rank_share(a, b, env))
+                            for d in queue.batches[j].tolist()]
+                    assert len(mine) == rank_window_count(mode, plan, cfg, env, ws, stream)
+                    docs += mine
+                assert sorted(docs) == np.flatnonzero(queue.targets[:, 1] > queue.targets[:, 0]).tolist()
+            continue
         lo = plan.starts + plan.score_from
         hi = plan.starts + plan.wlen
         assert lo[0] == 0 and hi[-1] == n - 1 and np.array_equal(lo[1:], hi[:-1]) and (hi > lo).all()
@@ -87,7 +106,9 @@ def test_evaluate_scores_every_target_once_in_every_mode(model, n, T, data):
     luts = ByteLUTs(*(v.numpy() for v in luts_t.values()))
     want_bytes = int(target_bytes(luts, stream[:-1], stream[1:]).sum())
     nll: dict = {}
-    res = evaluate(model, _cfg(T, S, bw, chunk, "score.ttt.batch_seqs=3", "score.slot.focal=8"), DistEnv(), modes=SCORE_MODES, data=EvalData(stream, luts_t),
+    sets = ("score.ttt.batch_seqs=3", "score.slot.focal=8", f"score.lora.chunk_tokens={min(T, chunk)}",
+            "score.lora.docs_per_batch=3", "score.lora.rank=2")
+    res = evaluate(model, _cfg(T, S, bw, chunk, *sets), DistEnv(), modes=SCORE_MODES, data=EvalData(stream, luts_t),
                    nll_out=nll, warm_segments=data.draw(st.integers(1, 4)))
     for mode in SCORE_MODES:
         r = res[mode]

@@ -13,8 +13,8 @@ import torch
 from pgolf.config import ModelConfig
 from pgolf.model import gpt as gpt_module
 from pgolf.model import layers as layers_module
+from pgolf.model.attention import sdpa_attention
 from pgolf.model.gpt import GPT
-from pgolf.model.layers import sdpa_attention
 from pgolf.model.roles import Role, role_of, roles_by_name
 from pgolf.presets import PRESETS, record, tiny
 

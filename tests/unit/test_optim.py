@@ -390,6 +390,20 @@ def test_lr_multiplier_iterations():
     assert lr_multiplier(999, 0.0, 0.0, 0, 1000) == 1.0  # no warmdown
 
 
+def test_lr_multiplier_fraction_of_the_budget():
+    """warmdown_frac: the last 40% of the cap whatever the step time (a slow and a fast machine decay over the
+    same seconds), or of the iterations without a cap; warmdown_iters is then ignored."""
+    for step_s in (0.5, 1.0, 2.0):  # the same wallclock point on three machine speeds
+        assert lr_multiplier(int(300 / step_s), 300.0, 600.0, 4000, 20_000, 0.4) == 1.0
+        assert lr_multiplier(int(360 / step_s), 360.0, 600.0, 4000, 20_000, 0.4) == pytest.approx(1.0)
+        assert lr_multiplier(int(480 / step_s), 480.0, 600.0, 4000, 20_000, 0.4) == pytest.approx(0.5)
+        assert lr_multiplier(int(600 / step_s), 600.0, 600.0, 4000, 20_000, 0.4) == 0.0
+    assert lr_multiplier(600, 0.0, 0.0, 7, 1000, 0.4) == pytest.approx(1.0)
+    assert lr_multiplier(800, 0.0, 0.0, 7, 1000, 0.4) == pytest.approx(0.5)
+    assert lr_multiplier(0, 0.0, 600.0, 0, 100, 0.4) == 1.0  # step 0, and warmdown_iters = 0 with a fraction
+    assert lr_multiplier(10, 590.0, 600.0, 0, 100, 0.4) == pytest.approx(10 / 240)
+
+
 def test_muon_momentum_ramp():
     assert muon_momentum(0, 0.92, 0.99, 1500) == pytest.approx(0.92)
     assert muon_momentum(750, 0.92, 0.99, 1500) == pytest.approx(0.955)

@@ -1,7 +1,7 @@
 """One typed, frozen configuration tree for a whole run (`RunConfig`), in four modules:
 
 - `base`: `ConfigError` and the validation helper;
-- `model` / `schema`: the sections, each validated in `__post_init__` (the dotted key is named);
+- `model` / `schema` / `score`: the sections, each validated in `__post_init__` (the dotted key is named);
 - `tree`: dicts, flat dotted keys, hashing, coercion of raw strings to a field's type;
 - `overrides`: environment and `--set` carriers and how they are applied.
 
@@ -20,17 +20,14 @@ from pgolf.config.overrides import (
     env_overrides,
     parse_set,
 )
-from pgolf.config.schema import (
+from pgolf.config.schema import BudgetConfig, DataConfig, OptimConfig, QuantConfig, RunConfig, TrainConfig
+from pgolf.config.score import (
+    LORA_TARGETS,
     SCORE_MODES,
-    BudgetConfig,
-    DataConfig,
-    OptimConfig,
-    QuantConfig,
-    RunConfig,
+    LoraConfig,
     ScoreConfig,
     SlidingConfig,
     SlotConfig,
-    TrainConfig,
     TTTConfig,
 )
 from pgolf.config.tree import (
@@ -48,6 +45,7 @@ from pgolf.config.tree import (
 __all__ = [
     "ConfigError", "ModelConfig", "ENV_PREFIX", "LEGACY_ENV", "RESERVED_ENV", "Override", "apply_overrides",
     "env_overrides", "parse_set", "SCORE_MODES", "BudgetConfig", "DataConfig", "OptimConfig", "QuantConfig",
-    "RunConfig", "ScoreConfig", "SlidingConfig", "SlotConfig", "TrainConfig", "TTTConfig", "coerce",
+    "RunConfig", "ScoreConfig", "SlidingConfig", "SlotConfig", "TrainConfig", "TTTConfig", "LoraConfig",
+    "LORA_TARGETS", "coerce",
     "config_hash", "diff", "flatten", "from_dict", "from_flat", "known_keys", "model_from_dict", "to_dict",
 ]

@@ -50,6 +50,12 @@ class ModelConfig:
     resid_mix: bool = True
     tied_embed_init_std: float = 0.005
     ortho_init: bool = True
+    doc_isolation: bool = False
+    """Attention only within a document (a token sees earlier positions of its own document; documents
+    start at bos_id), and SmearGate / BigramHash do not mix a BOS with the token before it
+    (docs/DESIGN.md#doc-isolated-attention). Off = the V20 stack as published."""
+    bos_id: int = 1
+    """The token that starts every document (the challenge's SentencePiece bos_id)."""
 
     def __post_init__(self) -> None:
         p = "model."
@@ -76,6 +82,7 @@ class ModelConfig:
         _require(self.logit_softcap >= 0, p + "logit_softcap", "must be >= 0")
         _require(self.rope_base > 0, p + "rope_base", "must be > 0")
         _require(self.rope_ref_len >= 0, p + "rope_ref_len", "must be >= 0")
+        _require(0 <= self.bos_id < self.vocab_size, p + "bos_id", f"must be in [0, model.vocab_size), got {self.bos_id}")
 
     @property
     def head_dim(self) -> int:

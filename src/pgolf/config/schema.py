@@ -12,6 +12,7 @@ from typing import Literal
 
 from pgolf.config.base import _require
 from pgolf.config.model import ModelConfig
+from pgolf.config.score import ScoreConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +62,9 @@ class TrainConfig:
     """Compile/kernel warm-up steps, after which weights, optimizer and loader are restored."""
     warmdown_iters: int = 4000
     """Linear LR warmdown length, converted to wallclock with the measured step time."""
+    warmdown_frac: float = 0.0
+    """> 0: the warmdown is instead the last warmdown_frac of the wallclock cap (of `iterations` without a
+    cap), the same share of the run on a fast or a slow machine; 0 = use warmdown_iters."""
     val_every: int = 4000
     """Periodic validation cadence in steps (the clock pauses); 0 = only at the end."""
     val_max_tokens: int = 0
@@ -96,6 +100,7 @@ class TrainConfig:
         _require(0.0 <= self.ema_decay < 1.0, p + "ema_decay", "must be in [0, 1)")
         _require(self.grad_clip_norm >= 0, p + "grad_clip_norm", "must be >= 0")
         _require(0.0 <= self.late_qat_threshold <= 1.0, p + "late_qat_threshold", "must be in [0, 1]")
+        _require(0.0 <= self.warmdown_frac <= 1.0, p + "warmdown_frac", "must be in [0, 1] (0 = use warmdown_iters)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,109 +193,6 @@ class QuantConfig:
         _require(self.calib_temperature > 0, p + "calib_temperature", "must be > 0")
         _require(self.prune_target_bytes > 0, p + "prune_target_bytes", "must be > 0")
         _require(self.calib_reserve_seconds >= 0, p + "calib_reserve_seconds", "must be >= 0")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SlidingConfig:
-    stride: int = 64
-    """Score only the last `stride` targets of each window after the first."""
-    batch_windows: int = 32
-
-    def __post_init__(self) -> None:
-        _require(self.stride >= 1, "score.sliding.stride", "must be >= 1")
-        _require(self.batch_windows >= 1, "score.sliding.batch_windows", "must be >= 1")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SlotConfig:
-    """Causal SLOT: a per-window logit bias fitted on already-scored positions (docs/DESIGN.md#eval-slot)."""
-
-    phase_iters: tuple[int, ...] = (5, 18)
-    """L-BFGS iteration cap of each phase (the V20 cascade: 5 then 18)."""
-    phase_history: tuple[int, ...] = (10, 20)
-    """L-BFGS history size of each phase (fresh memory per phase)."""
-    phase_alpha: tuple[float, ...] = (0.0, 0.0)
-    """Per phase: 0 = uniform loss; a > 0 mixes importance weights (1 - p_target) with uniform by a."""
-    focal: int = 128
-    """Optimize only the last `focal` already-scored positions before the scored region (0 = all)."""
-    clamp: float = 5.0
-    lr: float = 1.0
-    line_search: Literal["strong_wolfe", "armijo"] = "strong_wolfe"
-    warm_start: bool = True
-    space: Literal["logit", "hidden"] = "logit"
-    coupling: Literal["per_window", "shared"] = "per_window"
-    """shared = the withdrawn entry's batch-shared delta: a NON-COMPLIANT reference mode."""
-
-    def __post_init__(self) -> None:
-        p = "score.slot."
-        n = len(self.phase_iters)
-        _require(n >= 1, p + "phase_iters", "at least one phase is needed")
-        _require(len(self.phase_history) == n and len(self.phase_alpha) == n, p + "phase_history",
-                 "phase_iters, phase_history and phase_alpha must have the same length")
-        _require(all(i >= 1 for i in self.phase_iters), p + "phase_iters", "iterations must be >= 1")
-        _require(all(h >= 1 for h in self.phase_history), p + "phase_history", "history sizes must be >= 1")
-        _require(all(0.0 <= a <= 1.0 for a in self.phase_alpha), p + "phase_alpha", "must be in [0, 1]")
-        _require(self.focal >= 0, p + "focal", "must be >= 0")
-        _require(self.clamp > 0, p + "clamp", "must be > 0")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TTTConfig:
-    """Test-time training (docs/DESIGN.md#eval-ttt)."""
-
-    mode: Literal["score_first", "prequant"] = "score_first"
-    """prequant = the withdrawn entry's training on all validation tokens first: NON-COMPLIANT."""
-    chunk_tokens: int = 32_768
-    epochs: int = 3
-    lr: float = 0.002
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    momentum: float = 0.9
-    grad_clip: float = 1.0
-    first_block_lr_mult: float = 0.3
-    """Discriminative LRs: block 0 gets this multiple of lr, rising linearly to 1.0 at the last block."""
-    batch_seqs: int = 32
-    freeze_blocks: int = 0
-
-    def __post_init__(self) -> None:
-        p = "score.ttt."
-        _require(self.chunk_tokens >= 1, p + "chunk_tokens", "must be >= 1")
-        _require(self.epochs >= 0, p + "epochs", "must be >= 0")
-        _require(self.lr >= 0, p + "lr", "must be >= 0")
-        _require(0 <= self.momentum < 1, p + "momentum", "must be in [0, 1)")
-        _require(self.grad_clip >= 0, p + "grad_clip", "must be >= 0")
-        _require(0 < self.first_block_lr_mult <= 1, p + "first_block_lr_mult", "must be in (0, 1]")
-        _require(self.batch_seqs >= 1, p + "batch_seqs", "must be >= 1")
-        _require(self.freeze_blocks >= 0, p + "freeze_blocks", "must be >= 0")
-
-
-SCORE_MODES = ("plain", "sliding", "slot", "ttt", "ttt+slot")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ScoreConfig:
-    """Evaluation of the artifact on the validation stream (docs/DESIGN.md#evaluation)."""
-
-    modes: tuple[str, ...] = ("sliding",)
-    """Evaluation modes, any of SCORE_MODES (plain, sliding, slot, ttt, ttt+slot)."""
-    seq_len: int = 2048
-    """Window length T for every mode."""
-    max_val_tokens: int = 0
-    """Score only the first N validation tokens (0 = all). Quick checks only: a partial score is labelled
-    as such and is never a challenge result."""
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """Scoring precision, decided on the machine that scores: auto = bf16 autocast on CUDA; on CPU bf16 only
-    where bf16 matmuls measure faster than fp32 (runtime.choose_precision), else fp32."""
-    sliding: SlidingConfig = field(default_factory=SlidingConfig)
-    slot: SlotConfig = field(default_factory=SlotConfig)
-    ttt: TTTConfig = field(default_factory=TTTConfig)
-
-    def __post_init__(self) -> None:
-        bad = [m for m in self.modes if m not in SCORE_MODES]
-        _require(not bad, "score.modes", f"unknown mode(s) {bad}; choose from {list(SCORE_MODES)}")
-        _require(self.seq_len >= 2, "score.seq_len", "must be >= 2")
-        _require(self.max_val_tokens >= 0, "score.max_val_tokens", "must be >= 0 (0 = the whole stream)")
-        _require(self.sliding.stride <= self.seq_len, "score.sliding.stride",
-                 f"{self.sliding.stride} exceeds score.seq_len={self.seq_len}")
 
 
 @dataclass(frozen=True, kw_only=True)

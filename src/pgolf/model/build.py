@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from pgolf.config import ModelConfig
+from pgolf.model.attention import AttnImpl
 from pgolf.model.gpt import GPT
-from pgolf.model.layers import AttnImpl
 from pgolf.model.roles import retag, roles_by_name
 
 

@@ -21,16 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config import ModelConfig
-from pgolf.model.layers import (
-    AttnImpl,
-    BigramHash,
-    Block,
-    KVSlot,
-    Rotary,
-    SmearGate,
-    ValueEmbedding,
-    rms_norm,
-)
+from pgolf.model.attention import AttnImpl, DocSegments, KVSlot
+from pgolf.model.layers import BigramHash, Block, Rotary, SmearGate, ValueEmbedding, rms_norm
+from pgolf.model.lora import HEAD, LoraAdapters
 from pgolf.model.roles import Role, count_by_role, tag
 
 # Init constants of PR #1019 (docs/DESIGN.md#model-init).
@@ -132,16 +125,22 @@ class GPT(nn.Module):
     # ----------------------------------------------------------------------------------------------
 
     def embed(self, idx: Tensor) -> Tensor:
-        """idx (B, T) -> x0 (B, T, D): rms(tok_emb + bigram), then SmearGate."""
+        """idx (B, T) -> x0 (B, T, D): rms(tok_emb + bigram), then SmearGate. With model.doc_isolation a BOS
+        takes nothing from the token before it (the bigram's reserved bucket, no smear)."""
+        iso = self.cfg.doc_isolation
         x = F.embedding(idx, self.tok_emb)  # (B, T, D)
         if self.bigram is not None:
-            x = x + self.bigram(idx).to(x.dtype)
+            x = x + self.bigram(idx, self.cfg.bos_id if iso else None).to(x.dtype)
         x = rms_norm(x)
         if self.smear is not None:
-            x = self.smear(x)
+            x = self.smear(x, idx == self.cfg.bos_id if iso else None)
         return x
 
-    def forward_hidden(self, idx: Tensor, rope_len: int | None = None) -> Tensor:
+    def segments(self, idx: Tensor) -> DocSegments | None:
+        """The document segments of idx (B, T) under model.doc_isolation, else None (plain causal)."""
+        return DocSegments.of(idx, self.cfg.bos_id) if self.cfg.doc_isolation else None
+
+    def forward_hidden(self, idx: Tensor, rope_len: int | None = None, lora: LoraAdapters | None = None) -> Tensor:
         """idx (B, T) int -> final RMS-normed hidden state (B, T, D) (the input of the head).
 
         rope_len: take the NTK rotary base of this length instead of T (what `decode_hidden` does with
@@ -151,7 +150,7 @@ class GPT(nn.Module):
         x = x0 = self.embed(idx)  # (B, T, D)
         ve = self.ve(idx) if self.ve is not None else None  # (B, T, Hkv*Dh), shared by the VE layers
         cos, sin = self.rotary(t, idx.device, x.dtype, base_len=rope_len)  # (T, R/2) each, shared by all layers
-        return self._blocks(x, x0, ve, cos, sin, None)
+        return self._blocks(x, x0, ve, cos, sin, None, self.segments(idx), lora)
 
     def decode_hidden(self, idx: Tensor, cache: KVCache) -> Tensor:
         """Incremental forward: idx (B, P) = every token so far, of which positions cache.pos .. P-1 are new
@@ -170,7 +169,7 @@ class GPT(nn.Module):
         if cache.rope is None:
             cache.rope = self.rotary(cache.max_len, idx.device, x.dtype)  # (max_len, R/2) each, made once
         cos, sin = cache.rope
-        h = self._blocks(x, x0, ve, cos[start:end], sin[start:end], cache.slots)
+        h = self._blocks(x, x0, ve, cos[start:end], sin[start:end], cache.slots, self.segments(idx))
         for slot in cache.slots:
             slot.pos = end
         cache.pos = end
@@ -181,7 +180,8 @@ class GPT(nn.Module):
         return KVCache(len(self.blocks), max_len)
 
     def _blocks(self, x: Tensor, x0: Tensor, ve: Tensor | None, cos: Tensor, sin: Tensor,
-                slots: list[KVSlot] | None) -> Tensor:
+                slots: list[KVSlot] | None, segments: DocSegments | None = None,
+                lora: LoraAdapters | None = None) -> Tensor:
         """The layer stack with U-Net skips and value embeddings -> rms(x) (B, T, D)."""
         skips: list[Tensor] = []
         for i, block in enumerate(self.blocks):
@@ -190,7 +190,7 @@ class GPT(nn.Module):
                 x = x + self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop()
             j = self.ve_slot[i]
             ve_i = ve * self.ve.layer_scales[j].to(ve.dtype) if j >= 0 else None
-            x = block(x, x0, cos, sin, ve_i, None if slots is None else slots[i])
+            x = block(x, x0, cos, sin, ve_i, None if slots is None else slots[i], segments, lora)
             if self.skip_weights is not None and i < self.num_encoder:
                 skips.append(x)
         return rms_norm(x)
@@ -199,10 +199,13 @@ class GPT(nn.Module):
         """The head's weight (V, D): tok_emb when tied, else the untied head."""
         return self.tok_emb if self.head is None else self.head
 
-    def logits_from_hidden(self, h: Tensor) -> Tensor:
-        """h (B, T, D) -> softcapped logits (B, T, V), upcast to fp32 (kept fp64 for an fp64 model)."""
+    def logits_from_hidden(self, h: Tensor, lora: LoraAdapters | None = None) -> Tensor:
+        """h (B, T, D) -> softcapped logits (B, T, V), upcast to fp32 (kept fp64 for an fp64 model); lora adds
+        the per-row head adapter before the softcap."""
         w = self.output_weight()  # (V, D)
         logits = F.linear(h, w.to(h.dtype))
+        if lora is not None and (d := lora.delta(HEAD, "head", h)) is not None:
+            logits = logits + d.to(logits.dtype)
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
         c = self.cfg.logit_softcap
@@ -210,9 +213,10 @@ class GPT(nn.Module):
             logits = c * torch.tanh(logits / c)  # logit softcap (naive baseline / PR #1019)
         return logits
 
-    def forward(self, idx: Tensor) -> Tensor:
-        """idx (B, T) int -> logits (B, T, V)."""
-        return self.logits_from_hidden(self.forward_hidden(idx))
+    def forward(self, idx: Tensor, rope_len: int | None = None, lora: LoraAdapters | None = None) -> Tensor:
+        """idx (B, T) int -> logits (B, T, V). rope_len: the NTK rotary base of that length (padded batches
+        use the window length); lora: per-row adapters (test-time training)."""
+        return self.logits_from_hidden(self.forward_hidden(idx, rope_len, lora), lora)
 
     def loss(self, idx: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
         """Cross-entropy (natural log) of the fp32 logits: a scalar, or (B, T) with reduction="none"."""

@@ -17,18 +17,15 @@ dtype so a bf16 residual stream never gets promoted back to fp32 by a parameter.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config import ModelConfig
+from pgolf.model.attention import AttnImpl, DocSegments, KVSlot, sdpa_attention
+from pgolf.model.lora import LoraAdapters
 from pgolf.model.roles import Role, tag
-
-AttnImpl = Callable[[Tensor, Tensor, Tensor], Tensor]
-"""Causal attention kernel: q (B, T, H, Dh), k and v (B, T, Hkv, Dh) -> (B, T, H, Dh), softmax scale
-1/sqrt(Dh). Kv head g serves query heads g*G .. g*G+G-1 (the FA3 / SDPA enable_gqa convention)."""
 
 
 def rms_norm(x: Tensor) -> Tensor:
@@ -50,23 +47,15 @@ def fake_quant_ste(w: Tensor, bits: int) -> Tensor:
     return w + (q - w).detach()
 
 
+def _adapt(y: Tensor, lora: LoraAdapters | None, layer: int, target: str, x: Tensor) -> Tensor:
+    """y + the adapter's delta for (layer, target) of input x, or y itself without one."""
+    d = lora.delta(layer, target, x) if lora is not None else None
+    return y if d is None else y + d.to(y.dtype)
+
+
 def _param(*shape: int, role: Role) -> nn.Parameter:
     # Values are written by GPT.init_weights; torch.empty keeps construction cheap and RNG-free.
     return tag(nn.Parameter(torch.empty(*shape)), role)
-
-
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Default AttnImpl: causal torch SDPA. q (B, T, H, Dh), k/v (B, T, Hkv, Dh) -> (B, T, H, Dh).
-
-    GQA is done by repeat_interleave of k/v rather than `enable_gqa=True`, because not every SDPA
-    backend accepts enable_gqa; the copy is cheap next to the matmuls and the FA3 path avoids it.
-    """
-    g = q.size(2) // k.size(2)
-    if g > 1:
-        k = k.repeat_interleave(g, dim=2)  # (B, T, H, Dh)
-        v = v.repeat_interleave(g, dim=2)  # (B, T, H, Dh)
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
-    return y.transpose(1, 2)  # (B, T, H, Dh)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,43 +131,6 @@ def xsa_project(y: Tensor, v: Tensor) -> Tensor:
     return y_g.reshape(b, t, h, dh)
 
 
-class KVSlot:
-    """One layer's key/value cache for incremental decoding (self-generated calibration, `GPT.decode_hidden`).
-
-    Buffers (B, max_len, Hkv, Dh) are allocated on the first write, in the dtype of the keys (bf16 under
-    autocast). `attend` stores the new positions' k, v at pos .. pos+T-1 and runs attention of their
-    queries over positions 0 .. pos+T-1 with the causal mask inside the new block, which is the same
-    attention the full causal forward computes for those rows. The caller advances `pos` (`KVCache`).
-    """
-
-    def __init__(self, max_len: int) -> None:
-        self.max_len = max_len
-        self.pos = 0
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """q (B, T, H, Dh), k/v (B, T, Hkv, Dh) of positions pos .. pos+T-1 -> (B, T, H, Dh)."""
-        b, t, hkv, dh = k.shape
-        end = self.pos + t
-        if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} positions > max_len {self.max_len}")
-        if self.k is None or self.v is None:
-            self.k = k.new_empty(b, self.max_len, hkv, dh)
-            self.v = v.new_empty(b, self.max_len, hkv, dh)
-        self.k[:, self.pos:end] = k
-        self.v[:, self.pos:end] = v
-        keys, values = self.k[:, :end], self.v[:, :end]  # (B, end, Hkv, Dh)
-        g = q.size(2) // hkv
-        if g > 1:
-            keys, values = keys.repeat_interleave(g, dim=2), values.repeat_interleave(g, dim=2)
-        # Row i of the new block (position pos + i) sees cache positions 0 .. pos + i.
-        mask = torch.ones(t, end, dtype=torch.bool, device=q.device).tril(diagonal=self.pos)  # (T, end)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
-                                           attn_mask=mask)
-        return y.transpose(1, 2)  # (B, T, H, Dh)
-
-
 class CausalSelfAttention(nn.Module):
     """GQA attention with QK-norm, partial RoPE, per-head query gain, optional VE add and XSA (docs/DESIGN.md#model-attention)."""
 
@@ -198,16 +150,21 @@ class CausalSelfAttention(nn.Module):
         self.q_gain = _param(cfg.num_heads, role=Role.SCALAR)  # (H,)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ve: Tensor | None = None,
-                kv: KVSlot | None = None) -> Tensor:
+                kv: KVSlot | None = None, segments: DocSegments | None = None,
+                lora: LoraAdapters | None = None, layer: int = 0) -> Tensor:
         """x (B, T, D) already normed/scaled; cos/sin (T, R/2); ve (B, T, Hkv*Dh) or None -> (B, T, D).
 
         kv: incremental decoding (`KVSlot`): x holds the next positions pos .. pos+T-1 only, their keys and
         values are written into the cache and the queries attend to cache positions 0 .. pos+T-1.
+        segments: document isolation (attention within each query's document only); with kv, the
+        segments of every position 0 .. pos+T-1. lora: per-row adapters of this layer's q/k/v (pgolf.model.lora).
         """
         b, t, _ = x.shape
-        q = F.linear(x, self._w(self.q, x.dtype)).view(b, t, self.num_heads, self.head_dim)  # (B, T, H, Dh)
-        k = F.linear(x, self._w(self.k, x.dtype)).view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, Hkv, Dh)
-        v = F.linear(x, self._w(self.v, x.dtype))  # (B, T, Hkv*Dh)
+        q = _adapt(F.linear(x, self._w(self.q, x.dtype)), lora, layer, "q", x)
+        k = _adapt(F.linear(x, self._w(self.k, x.dtype)), lora, layer, "k", x)
+        q = q.view(b, t, self.num_heads, self.head_dim)  # (B, T, H, Dh)
+        k = k.view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, Hkv, Dh)
+        v = _adapt(F.linear(x, self._w(self.v, x.dtype)), lora, layer, "v", x)  # (B, T, Hkv*Dh)
         if ve is not None:
             v = v + ve.to(v.dtype)  # value embedding (PR #374), added before the head reshape
         v = v.view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, Hkv, Dh)
@@ -218,7 +175,10 @@ class CausalSelfAttention(nn.Module):
         # Under autocast rms_norm runs in fp32 while the linears give bf16; a kernel such as FA3 needs one
         # dtype, so q and k go back to the projections' compute dtype (a no-op without autocast).
         q, k = q.to(v.dtype), k.to(v.dtype)
-        y = self.attn_impl(q, k, v) if kv is None else kv.attend(q, k, v)  # (B, T, H, Dh)
+        if kv is not None:
+            y = kv.attend(q, k, v, segments)  # (B, T, H, Dh)
+        else:
+            y = self.attn_impl(q, k, v) if segments is None else self.attn_impl(q, k, v, segments)
         if self.use_xsa:
             y = xsa_project(y, v)
         return F.linear(y.reshape(b, t, -1), self._w(self.o, y.dtype))  # (B, T, D)
@@ -267,14 +227,18 @@ class Block(nn.Module):
         self.resid_mix = _param(2, cfg.model_dim, role=Role.SCALAR) if cfg.resid_mix else None  # (2, D)
 
     def forward(self, x: Tensor, x0: Tensor, cos: Tensor, sin: Tensor, ve: Tensor | None = None,
-                kv: KVSlot | None = None) -> Tensor:
-        """x, x0 (B, T, D); cos/sin (T, R/2); ve (B, T, Hkv*Dh) or None; kv: see CausalSelfAttention -> (B, T, D)."""
+                kv: KVSlot | None = None, segments: DocSegments | None = None,
+                lora: LoraAdapters | None = None) -> Tensor:
+        """x, x0 (B, T, D); cos/sin (T, R/2); ve (B, T, Hkv*Dh) or None; kv, segments, lora: see
+        CausalSelfAttention (lora also adapts this layer's attention output "o" and MLP) -> (B, T, D)."""
         if self.resid_mix is not None:
             mix = self.resid_mix.to(x.dtype)
             x = mix[0] * x + mix[1] * x0
-        a = self.attn(rms_norm(x) * self.ln_factor, cos, sin, ve, kv)
+        h = rms_norm(x) * self.ln_factor
+        a = _adapt(self.attn(h, cos, sin, ve, kv, segments, lora, self.layer), lora, self.layer, "o", h)
         x = x + self.attn_scale.to(x.dtype) * a
-        m = self.mlp(rms_norm(x) * self.ln_factor)
+        h = rms_norm(x) * self.ln_factor
+        m = _adapt(self.mlp(h), lora, self.layer, "mlp", h)
         return x + self.mlp_scale.to(x.dtype) * m
 
 
@@ -291,7 +255,7 @@ def _wrap_int32(x: Tensor) -> Tensor:
     return (x + 2**31) % 2**32 - 2**31
 
 
-def bigram_bucket_ids(idx: Tensor, buckets: int) -> Tensor:
+def bigram_bucket_ids(idx: Tensor, buckets: int, bos_id: int | None = None) -> Tensor:
     """BigramHash bucket per position (docs/DESIGN.md#model-bigram): idx (..., T) integer -> (..., T) int64 in [0, buckets).
 
     bucket_t = ((36313 * x_t) XOR (27191 * x_{t-1})) mod (buckets - 1) for t >= 1, bucket_0 = buckets - 1.
@@ -306,6 +270,8 @@ def bigram_bucket_ids(idx: Tensor, buckets: int) -> Tensor:
     cur = _wrap_int32(_HASH_CUR * x[..., 1:])
     prev = _wrap_int32(_HASH_PREV * x[..., :-1])
     h = torch.bitwise_xor(cur, prev) % mod  # (..., T-1)
+    if bos_id is not None:  # document isolation: a BOS has no previous token either
+        h = torch.where(x[..., 1:] == bos_id, mod, h)
     first = torch.full_like(x[..., :1], mod)  # reserved bucket for position 0 of every sequence
     return torch.cat((first, h), dim=-1)
 
@@ -321,9 +287,9 @@ class BigramHash(nn.Module):
         self.proj = _param(model_dim, dim, role=Role.PROJ)  # (D, Db)
         self.scale = _param(1, role=Role.SCALAR)  # (1,)
 
-    def forward(self, idx: Tensor) -> Tensor:
-        """idx (B, T) -> (B, T, D)."""
-        e = F.embedding(bigram_bucket_ids(idx, self.buckets), self.table)  # (B, T, Db)
+    def forward(self, idx: Tensor, bos_id: int | None = None) -> Tensor:
+        """idx (B, T) -> (B, T, D); bos_id (document isolation): a BOS gets the reserved bucket."""
+        e = F.embedding(bigram_bucket_ids(idx, self.buckets, bos_id), self.table)  # (B, T, Db)
         return self.scale.to(e.dtype) * F.linear(e, self.proj.to(e.dtype))
 
 
@@ -354,8 +320,10 @@ class SmearGate(nn.Module):
         super().__init__()
         self.w = _param(dim, role=Role.GATE)  # (D,)
 
-    def forward(self, e: Tensor) -> Tensor:
-        """e (B, T, D) -> (B, T, D)."""
+    def forward(self, e: Tensor, is_bos: Tensor | None = None) -> Tensor:
+        """e (B, T, D) -> (B, T, D); is_bos (B, T) bool (document isolation): a BOS mixes in nothing."""
         g = torch.sigmoid(self.w.to(e.dtype))  # (D,)
         prev = F.pad(e[:, :-1], (0, 0, 1, 0))  # (B, T, D): e shifted right by one, zeros at t = 0
+        if is_bos is not None:
+            prev = prev.masked_fill(is_bos[..., None], 0)
         return (1 - g) * e + g * prev

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 def lr_multiplier(step: int, elapsed_seconds: float, cap_seconds: float, warmdown_iters: int,
-                  iterations: int) -> float:
+                  iterations: int, warmdown_frac: float = 0.0) -> float:
     """Multiplier applied to every group's base LR before optimizer step `step` (0-based).
 
     With a wallclock cap (cap_seconds > 0), docs/DESIGN.md#train-schedule: the warmdown length in seconds is
@@ -21,15 +21,21 @@ def lr_multiplier(step: int, elapsed_seconds: float, cap_seconds: float, warmdow
     Without a cap (cap_seconds == 0): linear warmdown over the last warmdown_iters of `iterations`,
     max((iterations - step) / warmdown_iters, 0) once step >= iterations - warmdown_iters.
 
+    warmdown_frac > 0 replaces warmdown_iters by a share of the budget that does not depend on how fast
+    the machine is: the last warmdown_frac of the cap's seconds (of `iterations` without a cap).
+
     Step 0 always returns 1.0 (no step time has been measured yet).
     """
-    if step <= 0 or warmdown_iters <= 0:
+    if warmdown_frac > 0:
+        if cap_seconds <= 0:
+            warmdown_iters = max(1, round(warmdown_frac * iterations))
+    if step <= 0 or warmdown_iters <= 0 and warmdown_frac <= 0:
         return 1.0
     if cap_seconds > 0:
         remaining = max(cap_seconds - elapsed_seconds, 0.0)
         if remaining <= 0:
             return 0.0
-        warmdown_s = warmdown_iters * (elapsed_seconds / step)
+        warmdown_s = warmdown_frac * cap_seconds if warmdown_frac > 0 else warmdown_iters * (elapsed_seconds / step)
         return remaining / warmdown_s if remaining <= warmdown_s else 1.0
     if step >= iterations - warmdown_iters:
         return max((iterations - step) / warmdown_iters, 0.0)

@@ -50,6 +50,7 @@ from pgolf.config import SCORE_MODES, ConfigError, RunConfig, to_dict
 from pgolf.data.shards import load_val_tokens
 from pgolf.data.tokenizer import build_byte_luts, load_tokenizer, luts_to_torch
 from pgolf.runtime import DistEnv, rank_share, sync
+from pgolf.scoring.lora import DocQueue, audit_lora_ledger, lora_settings, score_lora
 from pgolf.scoring.modes import AUDIT_FAILED, MODES, noncompliant
 from pgolf.scoring.plan import ScorePlan
 from pgolf.scoring.sliding import score_windows
@@ -80,8 +81,10 @@ def load_eval_data(cfg: RunConfig, device: torch.device, max_val_tokens: int = 0
     return EvalData(np.asarray(stream), luts_to_torch(build_byte_luts(sp, cfg.model.vocab_size), device))
 
 
-def mode_plan(mode: str, n_tokens: int, cfg: RunConfig) -> ScorePlan:
-    return MODES[mode].plan(n_tokens, cfg)
+def mode_plan(mode: str, stream: np.ndarray | int, cfg: RunConfig) -> ScorePlan:
+    """The mode's windows over `stream` (or a stream of that many tokens, for modes that do not plan per
+    document)."""
+    return MODES[mode].plan(stream, cfg)
 
 
 def mode_settings(mode: str, cfg: RunConfig, plan: ScorePlan, warm_segments: int) -> dict:
@@ -91,11 +94,14 @@ def mode_settings(mode: str, cfg: RunConfig, plan: ScorePlan, warm_segments: int
         out["warm_segments"] = warm_segments
     if MODES[mode].ttt:
         out["ttt"] = to_dict(cfg.score.ttt)
+    if MODES[mode].family == "lora":
+        out["lora"] = to_dict(lora_settings(cfg.score).lora)
     return out
 
 
-def rank_window_count(mode: str, plan: ScorePlan, cfg: RunConfig, env: DistEnv, warm_segments: int) -> int:
-    """Windows this rank scores in `mode` (the progress bar's total)."""
+def rank_window_count(mode: str, plan: ScorePlan, cfg: RunConfig, env: DistEnv, warm_segments: int,
+                      stream: np.ndarray | None = None) -> int:
+    """Windows this rank scores in `mode` (the progress bar's total; documents for lora)."""
     bw = cfg.score.sliding.batch_windows
     W = plan.num_windows
 
@@ -110,6 +116,10 @@ def rank_window_count(mode: str, plan: ScorePlan, cfg: RunConfig, env: DistEnv, 
     if m.family == "window":
         lo, hi = plan.rank_windows(env)
         return hi - lo
+    if m.family == "lora":
+        lc = cfg.score.lora
+        q = DocQueue.build(stream, cfg.model.bos_id, lc.docs_per_batch, lc.phase_docs)
+        return sum(sum(len(q.batches[j]) for j in range(*rank_share(a, b, env))) for a, b in q.segments())
     if m.family == "slot" or cfg.score.ttt.mode == "prequant":
         return share(0, W)
     bounds = chunk_windows(plan, cfg.score.ttt.chunk_tokens)
@@ -150,6 +160,18 @@ def _run_mode(mode: str, model: torch.nn.Module, data: EvalData, plan: ScorePlan
                           nll_out=nll, progress=bar)
         compliant, label = MODES[mode].compliance(cfg)
         return {**s.to_json(), "compliant": compliant, "label": label}
+    if family == "lora":
+        s, info = score_lora(model, data.stream, data.luts_t, env, cfg.score, autocast_dtype=autocast_dtype,
+                             nll_out=nll, progress=bar)
+        problems = audit_lora_ledger(info["ledger"], plan.n_targets,
+                                     DocQueue.build(data.stream, cfg.model.bos_id, 1, ()).targets)
+        compliant, label = info["compliant"], info["label"]
+        if problems and compliant:
+            compliant, label = False, AUDIT_FAILED_LABEL
+        return {**s.to_json(), "compliant": compliant, "label": label,
+                "seconds_phases": {"score": info["seconds_score"], "global": info["seconds_global"]},
+                "audit": {"ok": not problems, "n_problems": len(problems), "problems": problems[:MAX_AUDIT_PROBLEMS]},
+                "lora": {k: info[k] for k in ("documents", "batches", "chunks", "updates", "phases", "order")}}
     if family == "slot":
         s, info = score_slot(model, data.stream, plan, data.luts_t, env, cfg.score.slot, batch_windows=bw,
                              autocast_dtype=autocast_dtype, nll_out=nll, warm_segments=warm_segments, progress=bar)
@@ -195,11 +217,12 @@ def evaluate(model: torch.nn.Module, cfg: RunConfig, env: DistEnv, *, modes: Ite
     results: dict[str, dict] = {}
     try:
         for mode in modes:
-            plan = mode_plan(mode, len(data.stream), cfg)
+            plan = mode_plan(mode, data.stream, cfg)
             nll = np.full(plan.n_targets, np.nan) if nll_out is not None else None
-            total = rank_window_count(mode, plan, cfg, env, warm_segments)
+            total = rank_window_count(mode, plan, cfg, env, warm_segments, data.stream)
             t0 = time.perf_counter()
-            with Progress(f"eval {mode}", total=total, unit="win", enabled=progress and env.is_main) as bar:
+            unit = "doc" if MODES[mode].family == "lora" else "win"
+            with Progress(f"eval {mode}", total=total, unit=unit, enabled=progress and env.is_main) as bar:
                 r = _run_mode(mode, model, data, plan, cfg, env, autocast_dtype, nll, bar, warm_segments)
             sync(env.device)
             secs = time.perf_counter() - t0

@@ -91,7 +91,9 @@ def _sequences(lo: int, hi: int, seq_len: int) -> list[tuple[int, int]]:
     return [(s, min(s + seq_len, hi)) for s in range(lo, hi, seq_len)]
 
 
-class _Trainer:
+class GlobalTrainer:
+    """SGD / AdamW on all (TTT-trainable) weights over sequences of a stream, data parallel (ttt, lora phases)."""
+
     def __init__(self, model: torch.nn.Module, stream: np.ndarray, env: DistEnv, cfg, autocast_dtype):
         self.model, self.stream, self.env, self.cfg = model, stream, env, cfg
         self.autocast_dtype = autocast_dtype
@@ -204,7 +206,7 @@ def score_ttt(model: torch.nn.Module, stream: np.ndarray, plan: ScorePlan, luts_
     retag(model, roles)
     device = env.device
     acc = ScoreAccumulator(device)
-    trainer = _Trainer(model, stream, env, cfg, autocast_dtype)
+    trainer = GlobalTrainer(model, stream, env, cfg, autocast_dtype)
     runner = (SlotRunner(model, stream, plan, luts_t, cfg_score.slot, device, autocast_dtype=autocast_dtype,
                          nll_out=nll_out, warm_from=warm_from) if with_slot else None)
     W = plan.num_windows

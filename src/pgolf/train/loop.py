@@ -1,19 +1,10 @@
 """The training loop (docs/DESIGN.md#training): same code on a 2-core CPU, one GPU and N GPUs.
 
-- Fixed global batch (train.batch_tokens); every step trains on the same global windows whatever the
-  world size and accumulation (the loader stripes them), and the loss is the mean over all of them,
-  so 1 rank x accumulation 2 and 2 ranks x accumulation 1 compute the same update.
-- Gradients are averaged across ranks (DDP), then clipped by their GLOBAL norm. (The original clips
-  each rank's local gradient before communication; that would make the math depend on world size.)
-- Warm-up: `warmup_steps` real steps to compile kernels, then weights, optimizers and loader are
-  restored, so measured training starts from the true initial state (not charged to the clock).
-- Clock: training time excludes warm-up and periodic validation; the wallclock cap stops the loop
-  after the step that crosses it; the LR warmdown is wallclock-based (optim.schedule).
-- EMA of all weights is loaded at the end; a final validation of the EMA model is logged.
-- Checkpoints every `checkpoint_every` steps and at the end; `resume=True` continues from the last
-  one. On CPU the continuation is bit-identical when the schedule is iteration-based (cap 0); with a
-  wallclock cap the schedule depends on measured time, by design.
-- A non-finite loss stops the run with a clear error; the last good checkpoint is kept.
+Fixed global batch, the same windows at any world size and accumulation; gradients averaged, then clipped
+by their global norm; a warm-up whose state is restored; a clock that excludes warm-up and validation and
+stops after the step that crosses the cap (wallclock-based warmdown); EMA weights at the end; atomic
+checkpoints and bit-identical resume on CPU for iteration-based schedules; a non-finite loss stops the run
+and keeps the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -110,7 +101,7 @@ class Trainer:
         self.precision = self._precision()
         self.amp_dtype, self.compile = self.precision.dtype, compile_on(cfg, self.device)
         self.accum = derive_grad_accum(cfg, env.world_size, self.device.type)
-        attn, attn_name, warn = select_attention(cfg.train.attention, self.device)
+        attn, attn_name, warn = select_attention(cfg.train.attention, self.device, cfg.model.doc_isolation)
         if warn:
             self.log.log(warn)
         self.attn_name = attn_name
@@ -281,6 +272,10 @@ class Trainer:
         snap_ema = self.ema.state_dict() if self.ema else None
         snap_loader = self.loader.state_dict()
         snap_rng = rng_state()
+        if self.env.is_main and self.progress:
+            what = "torch.compile of the step, typically 1-2 min on 2 CPU cores" if self.compile else "eager"
+            print(f"warmup: {n} step(s) ({what}; not charged to the training clock, state restored after)",
+                  flush=True)
         with PhaseTimer(self.log, "compile_warmup", self.device) as t:
             for _ in range(n):
                 self.train_step(1.0, self.cfg.optim.muon_momentum_warmup_start)
@@ -348,7 +343,8 @@ class Trainer:
                         self.log.log(f"stopping_early: wallclock_cap train_time:{elapsed * 1000:.0f}ms "
                                      f"step:{self.step}/{iters}")
                     break
-                lr_mult = lr_multiplier(self.step, elapsed, cap, cfg.train.warmdown_iters, iters)
+                lr_mult = lr_multiplier(self.step, elapsed, cap, cfg.train.warmdown_iters, iters,
+                                        cfg.train.warmdown_frac)
                 mom = muon_momentum(self.step, cfg.optim.muon_momentum_warmup_start, cfg.optim.muon_momentum,
                                     cfg.optim.muon_momentum_warmup_steps)
                 qat_t = cfg.train.late_qat_threshold
@@ -360,7 +356,7 @@ class Trainer:
                 bad |= ~torch.isfinite(loss)
                 self.step += 1
                 steps_here += 1
-                bar.update(1)
+                bar.update(1, eta=self._eta_seconds(elapsed, cap))
                 log_now = self.step % cfg.train.log_every == 0 or self.step <= 5 or self.step == iters
                 ck_now = cfg.train.checkpoint_every > 0 and self.step % cfg.train.checkpoint_every == 0
                 if log_now or ck_now or self.device.type == "cpu":
@@ -424,6 +420,14 @@ class Trainer:
         self.log.log(f"train_done steps:{self.step} train_time:{self.train_seconds * 1000:.0f}ms "
                      f"step_avg:{step_avg:.2f}ms tok/s:{tps:.0f}")
         return TrainResult(self.run_dir, self.step, self.train_seconds, stopped_by, tps, step_avg, ema_v)
+
+    def _eta_seconds(self, elapsed: float, cap: float) -> float | None:
+        """Training seconds left: to the wallclock cap, or to the iteration cap at the mean step time so far
+        (whichever comes first); None before the first step."""
+        if self.step == 0:
+            return None
+        by_iters = (self.cfg.train.iterations - self.step) * elapsed / self.step
+        return min(by_iters, cap - elapsed) if cap > 0 else by_iters
 
     def _train_calibration_on(self) -> bool:
         q = self.cfg.quant
