@@ -77,3 +77,58 @@ def assert_one_error(r: Bounded, *mentions: str, code: int | None = None) -> str
     for m in mentions:
         assert m in errs[0], f"{m!r} not named in {errs[0]!r}"
     return errs[0]
+
+
+_BATCH_CHILD = r"""
+import contextlib, io, json, resource, signal, sys, time, traceback
+from pgolf.tools.cli import main
+cases = json.loads(sys.stdin.read())
+out = []
+class Hang(Exception):
+    pass
+def alarm(signum, frame):
+    raise Hang()
+signal.signal(signal.SIGALRM, alarm)
+for args, seconds in cases:
+    err, std = io.StringIO(), io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
+        signal.alarm(seconds)
+        try:
+            rc = main(args)
+        except SystemExit as e:  # argparse usage errors
+            rc = e.code if isinstance(e.code, int) else 1
+        except Hang:
+            rc = "hang"
+        except BaseException:
+            rc = "raised"
+            traceback.print_exc()
+        finally:
+            signal.alarm(0)
+    out.append({"args": args, "rc": rc, "stderr": err.getvalue(), "seconds": time.perf_counter() - t0,
+                "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+print(json.dumps(out))
+"""
+
+
+def run_many(cases: Sequence[Sequence[str]], *, seconds_each: int = 60, memory: int = MEMORY_LIMIT,
+             env: dict[str, str] | None = None, cwd=None) -> list[Bounded]:
+    """Many `pgolf` invocations in ONE child process (torch imported once) under the address-space limit,
+    each with its own alarm; -> one Bounded per case (returncode "hang" / "raised" become 124 / 1 with the
+    traceback in stderr, so `assert_one_error` reports them)."""
+    import json
+
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("PGOLF_")}
+    child_env.update({"OMP_NUM_THREADS": "1"})
+    child_env.update(env or {})
+    payload = json.dumps([[list(map(str, c)), seconds_each] for c in cases])
+    r = subprocess.run([sys.executable, "-c", _BATCH_CHILD], input=payload, capture_output=True, text=True,
+                       env=child_env, cwd=cwd, timeout=seconds_each * len(cases) + 120,
+                       preexec_fn=_limits(memory, seconds_each * len(cases) + 60))
+    if r.returncode != 0:
+        raise AssertionError(f"the batch child died (exit {r.returncode}): {r.stderr[-3000:]}")
+    out = []
+    for rec in json.loads(r.stdout.splitlines()[-1]):
+        rc = {"hang": 124, "raised": 1}.get(rec["rc"], rec["rc"])
+        out.append(Bounded(rc if isinstance(rc, int) else 1, "", rec["stderr"], rec["seconds"], rec["max_rss_mib"]))
+    return out
