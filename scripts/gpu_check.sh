@@ -5,7 +5,9 @@
 #      of the artifact read back from disk,
 #   1b. `pgolf bench calib`: KV-cached vs re-forward calibration sampling on the trained weights,
 #   2. the GPU-marked tests,
-#   3. `pgolf bench eval` on a val prefix: sliding, SLOT single-phase vs cascaded, TTT, TTT+SLOT seconds,
+#   3. `pgolf bench eval` on a val prefix: every mode's seconds (doc and lora with a global phase included),
+#      SLOT single-phase vs cascaded, and the record-shape 8xH100 estimate of each mode,
+#   4. `pgolf bench train` of the record preset with document-isolated attention (FlexAttention),
 # with a JSON of what it measured in $OUT/gpu_check.json (compare per-GPU throughput with the original's
 # 86.7 ms/step on 8xH100 for 786,432 tokens/step = 1.134M tokens/s per GPU).
 # The device has no network: data comes from the embedded corpus. Runs from the repo root, no install:
@@ -59,9 +61,14 @@ timeout 100 $PY -m pytest tests/gpu -m gpu -p no:cacheprovider -q > "$OUT/gpu_te
 tests_rc=$?
 tail -15 "$OUT/gpu_tests.log"
 
-stamp "== 3. bench eval (val prefix 32768 tokens)"
-timeout 70 $PY -m pgolf bench eval --run-dir "$RUN" --max-val-tokens 32768 --json \
+stamp "== 3. bench eval (val prefix 32768 tokens): every mode, doc and lora (+ 1 global phase) included"
+timeout 150 $PY -m pgolf bench eval --run-dir "$RUN" --max-val-tokens 32768 \
+  --mode plain,sliding,slot,ttt,ttt+slot,doc,lora --set score.lora.phase_docs=4 --json \
   > "$OUT/bench_eval.json" 2> "$OUT/bench_eval.err" || tail -5 "$OUT/bench_eval.err"
+
+stamp "== 4. document-isolated training: record preset, FlexAttention document masks, 5 timed steps"
+timeout 150 $PY -m pgolf bench train --preset record "${SETS[@]}" --set model.doc_isolation=true --steps 5 \
+  --json > "$OUT/bench_train_doc.json" 2> "$OUT/bench_train_doc.err" || tail -5 "$OUT/bench_train_doc.err"
 
 stamp "== summary"
 $PY - "$OUT" "$RUN" "$tests_rc" "$t0" <<'PYEOF'
@@ -74,7 +81,8 @@ for key, name in [("train", "train_summary.json"), ("quant", "quant_summary.json
         res[key] = json.loads((run / name).read_text())
     except Exception as e:
         res[key + "_error"] = repr(e)
-for key, name in [("bench_eval", "bench_eval.json"), ("bench_calib", "bench_calib.json")]:
+for key, name in [("bench_eval", "bench_eval.json"), ("bench_calib", "bench_calib.json"),
+                  ("bench_train_doc", "bench_train_doc.json")]:
     try:
         res[key] = json.loads((out / name).read_text())
     except Exception as e:
@@ -94,5 +102,11 @@ if "results" in res:
     short["artifact_bytes"] = res["results"]["artifact_bytes"]
 if "timings" in res:
     short["timings"] = {k: round(v, 1) for k, v in res["timings"].items()}
+if "bench_eval" in res:
+    short["eval_seconds"] = {m: round(v["seconds"], 2) for m, v in res["bench_eval"]["modes"].items()}
+    short["eval_bpb"] = {m: round(v["val_bpb"], 5) for m, v in res["bench_eval"]["modes"].items()}
+if "bench_train_doc" in res:
+    short["doc_isolation_tokens_per_s"] = res["bench_train_doc"].get("tokens_per_second_global")
+    short["doc_isolation_attention"] = res["bench_train_doc"].get("attention")
 print(json.dumps(short, indent=2))
 PYEOF

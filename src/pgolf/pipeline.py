@@ -7,7 +7,9 @@ exactly what ships. Results go to `results.json` and one greppable line per mode
 
     final_<mode> val_loss:<nats> val_bpb:<bpb> eval_time:<ms>ms [<compliance label>]
 
-One `RunLogger` serves every stage of the run (the stages share its timings).
+One `RunLogger` serves every stage of the run (the stages share its timings). results.json records the
+model_final.pt and the artifact it scored (sha256); `--resume` reuses a stage only when its provenance
+matches the run (docs/DESIGN.md#resume) and refuses one made from other weights than the run's.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pgolf.config import RunConfig, config_hash
+from pgolf.config import ConfigError, RunConfig, config_hash
 from pgolf.quant.artifact import load_artifact
-from pgolf.quant.stage import quantize_run
+from pgolf.quant.stage import check_run_artifact, quantize_run
 from pgolf.rundir import (
     ARTIFACT,
+    AUDIT,
     CKPT_DIR,
     LAST_CKPT,
     MODEL_FINAL,
@@ -68,9 +71,13 @@ def run_record(cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, code_bytes:
     is not redone; a written artifact (+ quant_summary.json) is not requantized. A killed training run
     continues from its checkpoint.
     """
+    if cfg.score.max_val_tokens == 1:
+        raise ConfigError("score.max_val_tokens must be 0 (the whole stream) or >= 2 (a prefix holds n - 1 targets)")
     run = Run(run_dir)
     if resume and run.stage_done(cfg, RESULTS):
-        return run.results(required=True).to_json()
+        done = run.results(required=True)  # refuses results of other weights or another artifact
+        if done.artifact_sha256 is not None:  # older results record no artifact: re-scored
+            return done.to_json()
     t0 = time.perf_counter()
     log = RunLogger(run.path, env.is_main, echo=echo)
     if resume and run.stage_done(cfg, MODEL_FINAL, TRAIN_SUMMARY):
@@ -80,10 +87,11 @@ def run_record(cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, code_bytes:
     else:
         ckpt = resume and run.stage_done(cfg, f"{CKPT_DIR}/{LAST_CKPT}")
         tr = train(cfg, env, run.path, resume=ckpt, progress=progress, echo=echo, log=log)
-    if resume and run.stage_done(cfg, ARTIFACT, QUANT_SUMMARY):
+    if resume and run.stage_done(cfg, ARTIFACT, QUANT_SUMMARY) and quantized_with(run, cfg):
         q = run.quant_summary(required=True).to_json()
     else:
         q = quantize_run(run.path, env, code_bytes=code_bytes, progress=progress, echo=echo, cfg=cfg, log=log)
+    weights, artifact = run.sha256(MODEL_FINAL), run.sha256(ARTIFACT)  # what is scored, before it is read
     modes = score_artifact(cfg, env, run.path, progress=progress, log=log)
     results = Results(
         preset=cfg.preset, seed=cfg.seed, config_hash=config_hash(cfg), world_size=env.world_size,
@@ -92,7 +100,16 @@ def run_record(cfg: RunConfig, env: DistEnv, run_dir: str | Path, *, code_bytes:
         within_limit=q["within_limit"], compressor=q["compressor"], modes=modes,
         compliant=(all(r.get("compliant", False) for r in modes.values()) and q["within_limit"]
                    and not cfg.score.max_val_tokens),
-        wall_seconds=time.perf_counter() - t0,
+        wall_seconds=time.perf_counter() - t0, weights_sha256=weights, artifact_sha256=artifact,
     ).to_json()
+    log.remove((AUDIT,), "it audited the previous results")
     log.write_json(RESULTS, results)
     return results
+
+
+def quantized_with(run: Run, cfg: RunConfig) -> bool:
+    """The run's artifact was made by this config from the run's model_final.pt (checked: one made from other
+    weights is refused); an artifact of other quant settings, or of a pgolf that recorded none, is redone."""
+    q = run.quant_summary(required=True)
+    check_run_artifact(run)
+    return q.config_hash == config_hash(cfg) and q.artifact_sha256 is not None

@@ -17,6 +17,7 @@ import functools
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from pgolf.config import RunConfig
+from pgolf.files import problem
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,18 @@ BF16_MIN_SPEEDUP = 1.25
 """precision=auto on CPU picks bf16 autocast only if bf16 matmuls run at least this much faster than fp32."""
 _PROBE_SHAPE = (1024, 256, 768)
 """(M, K, N) of the probe matmul: a 1,024-token batch through a 256 -> 768 MLP projection, the cpu preset's."""
+
+
+def load_torch_file(path: Path, what: str, error: type[Exception], map_location: Any = "cpu") -> Any:
+    """torch.load with weights_only=True (no code runs from a pickle); any failure becomes `error` with one
+    line `PATH: unreadable WHAT (Type: reason)`. torch reports damaged zips and refused pickles with many
+    exception types, and warns about odd pickles before refusing them: the error line says it instead."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise error(f"{path}: unreadable {what} ({problem(exc)})") from None
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,34 @@ def test_each_reference_mode_fails(small_data, tmp_path, mode, setting):
         assert "scored only at" in check(report, "ledger")["message"] or "own ledger" in check(report, "ledger")["message"]
 
 
+LORA = ("score.lora.docs_per_batch=1", "score.lora.chunk_tokens=16", "score.lora.rank=2", "score.lora.lr=0.05")
+
+
+def test_document_modes_with_lora_phases_pass_every_check(small_data, tmp_path):
+    """doc and lora (two global phases, one document per batch) on the three validation documents."""
+    run = make_run(tmp_path / "run", small_data, "score.modes=doc,lora", *LORA, "score.lora.phase_docs=1,2",
+                   "score.lora.phase_lr=0.01")
+    report = audit(run)
+    assert statuses(report) == dict.fromkeys(CHECKS, "PASS"), format_table(report)
+    causal = check(report, "causality")["evidence"]
+    kinds = {m: {f["kind"] for f in e["flips"]} for m, e in causal.items()}
+    assert "document" in kinds["doc"] and {"document", "chunk", "batch"} <= kinds["lora"], kinds
+    assert all(f["changed"] == 0 for e in causal.values() for f in e["flips"])
+    led = check(report, "ledger")["evidence"]["lora"]
+    assert led["updates"] > 0 and led["phases"] == 2 and led["problems"] == [] and led["documents"] == 3
+    r = json.loads((run / "results.json").read_text())["modes"]["lora"]
+    assert r["audit"]["ok"] and [p["after_docs"] for p in r["lora"]["phases"]] == [1, 2]
+
+
+def test_lora_update_first_reference_fails(small_data, tmp_path):
+    run = make_run(tmp_path / "run", small_data, "score.modes=lora", *LORA, "score.lora.order=update_first")
+    report = audit(run, checks=("causality", "ledger", "reference"))
+    assert statuses(report) == {"causality": "FAIL", "ledger": "FAIL", "reference": "FAIL"}, format_table(report)
+    assert "score.lora.order=update_first" in check(report, "reference")["message"]
+    assert "not all scored before it" in check(report, "ledger")["message"] or \
+        "own ledger audit failed" in check(report, "ledger")["message"]
+
+
 def test_over_budget_artifact_fails(compliant_run, tmp_path):
     """The verdict is recomputed from the file on disk: a JSON claiming a small artifact does not help."""
     run = copy_run(compliant_run, tmp_path / "run")

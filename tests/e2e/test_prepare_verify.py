@@ -118,7 +118,7 @@ def test_bad_documents_are_named(tmp_path):
         list(iter_docs([p]))
     q = tmp_path / "bad.jsonl.xz"
     q.write_bytes(b"not xz at all")
-    with pytest.raises(DocsError, match="cannot read"):
+    with pytest.raises(DocsError, match="bad.jsonl.xz: not xz data"):
         list(iter_docs([q]))
 
 

@@ -132,3 +132,17 @@ def run_many(cases: Sequence[Sequence[str]], *, seconds_each: int = 60, memory: 
         rc = {"hang": 124, "raised": 1}.get(rec["rc"], rec["rc"])
         out.append(Bounded(rc if isinstance(rc, int) else 1, "", rec["stderr"], rec["seconds"], rec["max_rss_mib"]))
     return out
+
+
+def broken_promises(names: Sequence[str], mentions: Sequence[Sequence[str]], results: Sequence[Bounded],
+                    seconds: float = 10, width: int = 400) -> list[str]:
+    """'name: what went wrong' for every result that is not one error line naming all of its mentions within
+    `seconds` (empty = every promise kept); each entry is cut to `width` characters."""
+    out = []
+    for name, m, r in zip(names, mentions, results):
+        try:
+            line = assert_one_error(r, *m)
+            assert r.seconds < seconds, f"took {r.seconds:.1f}s: {line}"
+        except AssertionError as e:
+            out.append(f"{name}: " + " | ".join(str(e).splitlines()[-3:])[-width:])
+    return out

@@ -59,20 +59,20 @@ def test_rank_windows_partition_and_targets_tile(n, T, data):
     ttt_mode = data.draw(st.sampled_from(["score_first", "prequant"]))
     per_batch = data.draw(st.integers(1, 5))
     cfg = _cfg(T, S, data.draw(st.integers(1, 9)), data.draw(st.integers(1, 400)), f"score.ttt.mode={ttt_mode}",
-               f"score.lora.docs_per_batch={per_batch}", f"score.lora.chunk_tokens={min(T, 8)}")
+               f"score.lora.docs_per_batch={per_batch}", f"score.lora.chunk_tokens={min(T, 8)}",
+               "score.lora.phase_docs=2,5")
     bos = data.draw(st.lists(st.integers(0, n - 1), max_size=12))  # documents start wherever a BOS is drawn
     stream = np.full(n, 7, dtype=np.int64)
     stream[bos] = cfg.model.bos_id
     for mode in SCORE_MODES:
         plan = mode_plan(mode, stream, cfg)
         if mode == "lora":  # ranks take whole batches of documents
-            queue = DocQueue.build(stream, cfg.model.bos_id, per_batch, ())
+            queue = DocQueue.build(stream, cfg.model.bos_id, (2, 5))
             for world in (1, 2, 3, 8):
                 docs = []
                 for r in range(world):
                     env = DistEnv(rank=r, world_size=world)
-                    mine = [d for a, b in queue.segments() for j in range(*rank_share(a, b, env))
-                            for d in queue.batches[j].tolist()]
+                    mine = [d for a, b in queue.segments for d in queue.rank_docs(a, b, env).tolist()]
                     assert len(mine) == rank_window_count(mode, plan, cfg, env, ws, stream)
                     docs += mine
                 assert sorted(docs) == np.flatnonzero(queue.targets[:, 1] > queue.targets[:, 0]).tolist()

@@ -46,7 +46,7 @@ def base_chunks(model, stream, ctx, chunk):
         for lo, hi in tg:
             for a in range(lo, hi, chunk):
                 e = min(a + chunk, hi)
-                w0 = max(lo, e - ctx)
+                w0 = max(lo, a + chunk - ctx)
                 x = torch.as_tensor(stream[w0:e])[None]
                 logp = F.log_softmax(model(x, rope_len=ctx)[0].double(), -1)
                 for t in range(a, e):
@@ -80,26 +80,29 @@ def test_first_chunk_is_the_base_model_and_adaptation_changes_later_chunks(data)
 
 def boundaries(stream):
     tg = doc_targets(doc_spans(stream, BOS), len(stream))
-    queue = DocQueue.build(stream, BOS, 3, ())
-    doc_start = int(tg[2, 0])  # the first token of document 2 is its BOS: target doc_start - 1 predicts it
+    # the BOS of document 3, after document 2 (longer than the chunk window, its last chunk partial): the
+    # flip merges the two documents, so the window of document 2's last chunk must not depend on where it ends
+    doc_start = int(tg[3, 0])
     chunk_start = int(tg[2, 0]) + 2 * C + 1  # inside document 2, just after a chunk boundary
-    second_batch = int(tg[queue.batches[1][0], 0]) + 3  # inside the first document of the second batch
-    return {"document": doc_start, "chunk": chunk_start, "batch": second_batch}
+    waiting = int(tg[3, 0]) + 3  # inside document 3, the first to wait for a free slot (3 slots)
+    return {"document": doc_start, "chunk": chunk_start, "batch": waiting}
 
 
+@pytest.mark.parametrize("phases", [(), (3, 6)])
 @pytest.mark.parametrize("where", ["document", "chunk", "batch"])
-def test_flip_leaves_every_earlier_target_bitwise_unchanged(data, where):
+def test_flip_leaves_every_earlier_target_bitwise_unchanged(data, where, phases):
     stream, luts_t = data
     m = boundaries(stream)[where]
-    _, _, a = run(stream, luts_t, cfg())
-    _, _, b = run(flipped(stream, m), luts_t, cfg())
+    c = cfg(phase_docs=phases, phase_lr=0.05)
+    _, _, a = run(stream, luts_t, c)
+    _, _, b = run(flipped(stream, m), luts_t, c)
     assert np.array_equal(a[:m - 1], b[:m - 1]), f"a target before {m} moved"
     assert not np.array_equal(a[m - 1:], b[m - 1:])
 
 
 def test_update_first_reference_leaks_and_fails_the_ledger(data):
     stream, luts_t = data
-    m = boundaries(stream)["chunk"]
+    m = boundaries(stream)["chunk"] + C // 2  # mid-chunk: the chunk's earlier targets are scored after the update
     _, info, a = run(stream, luts_t, cfg(order="update_first"))
     _, _, b = run(flipped(stream, m), luts_t, cfg(order="update_first"))
     assert not np.array_equal(a[:m - 1], b[:m - 1])  # the update on a chunk saw the targets it then scored
@@ -107,6 +110,19 @@ def test_update_first_reference_leaks_and_fails_the_ledger(data):
     tg = doc_targets(doc_spans(stream, BOS), len(stream))
     problems = audit_lora_ledger(info["ledger"], len(stream) - 1, tg)
     assert problems and "not all scored before it" in problems[0]
+
+
+def test_flipping_a_bos_leaves_earlier_targets_unchanged(data):
+    """Changing a document's BOS merges it into the previous document: nothing before it may move."""
+    stream, luts_t = data
+    m = int(doc_spans(stream, BOS)[4, 0])
+    for phases in ((), (3,)):
+        c = cfg(phase_docs=phases, phase_lr=0.05)
+        _, _, a = run(stream, luts_t, c)
+        s = stream.copy()
+        s[m] = 9
+        _, _, b = run(s, luts_t, c)
+        assert np.array_equal(a[:m - 1], b[:m - 1])
 
 
 def test_a_document_does_not_depend_on_the_others(data):
@@ -133,9 +149,9 @@ def test_phases_train_only_on_scored_documents_and_lr_zero_changes_nothing(data)
     _, info0, zero = run(stream, luts_t, cfg(phase_docs=(3,), phase_lr=0.0))
     np.testing.assert_allclose(zero, plain, rtol=0, atol=1e-12)
     _, info, phased = run(stream, luts_t, cfg(phase_docs=(3, 6), phase_lr=0.05))
-    assert [p["after_batches"] for p in info["phases"]] == [1, 2]
+    assert [p["after_docs"] for p in info["phases"]] == [3, 6]
     assert audit_lora_ledger(info["ledger"], len(stream) - 1, tg) == []
-    first = DocQueue.build(stream, BOS, 3, ()).batches[0]
+    first = DocQueue.build(stream, BOS).docs[:3]
     for d in first:  # scored before the first phase: unchanged by it
         lo, hi = tg[d]
         np.testing.assert_allclose(phased[lo:hi], plain[lo:hi], rtol=0, atol=1e-12)
@@ -162,3 +178,26 @@ def test_two_ranks_equal_one_rank(data, phase):
         assert o[0] == pytest.approx(single[0], rel=1e-12)
         written = ~np.isnan(o[3])
         np.testing.assert_allclose(o[3][written], single[3][written], rtol=0, atol=1e-10)
+
+
+def _rank_flip(env, stream, luts_t, m):
+    torch.set_num_threads(1)
+    c = cfg(phase_docs=(3,), phase_lr=0.05)
+    _, _, a = run(stream, luts_t, c, env=env)
+    _, _, b = run(flipped(stream, m), luts_t, c, env=env)
+    return a, b
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("where", ["document", "batch"])
+def test_flip_at_two_ranks(data, where):
+    """The flip test with the work split over 2 gloo ranks (and a global phase): each rank's share of the
+    earlier targets is bitwise unchanged."""
+    stream, luts_t = data
+    m = boundaries(stream)[where]
+    (a0, b0), (a1, b1) = spawn_gloo(2, _rank_flip, stream, luts_t, m, timeout=180)
+    mine0, mine1 = ~np.isnan(a0[:m - 1]), ~np.isnan(a1[:m - 1])
+    assert not (mine0 & mine1).any() and (mine0 | mine1).all()  # the ranks share the earlier targets out
+    for a, b, mine in ((a0, b0, mine0), (a1, b1, mine1)):
+        assert np.array_equal(np.isnan(b[:m - 1]), ~mine)
+        assert np.array_equal(a[:m - 1][mine], b[:m - 1][mine])

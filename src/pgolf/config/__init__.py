@@ -32,6 +32,7 @@ from pgolf.config.score import (
 )
 from pgolf.config.tree import (
     coerce,
+    coerce_json,
     config_hash,
     diff,
     flatten,
@@ -46,6 +47,6 @@ __all__ = [
     "ConfigError", "ModelConfig", "ENV_PREFIX", "LEGACY_ENV", "RESERVED_ENV", "Override", "apply_overrides",
     "env_overrides", "parse_set", "SCORE_MODES", "BudgetConfig", "DataConfig", "OptimConfig", "QuantConfig",
     "RunConfig", "ScoreConfig", "SlidingConfig", "SlotConfig", "TrainConfig", "TTTConfig", "LoraConfig",
-    "LORA_TARGETS", "coerce",
+    "LORA_TARGETS", "coerce", "coerce_json",
     "config_hash", "diff", "flatten", "from_dict", "from_flat", "known_keys", "model_from_dict", "to_dict",
 ]

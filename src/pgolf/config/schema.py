@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pgolf.config.base import _require
+from pgolf.config.base import _check_fields, _require
 from pgolf.config.model import ModelConfig
 from pgolf.config.score import ScoreConfig
 
@@ -39,6 +39,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         p = "data."
+        _check_fields(self, p)
         _require(self.train_shards >= 0, p + "train_shards", "must be >= 0")
         _require(1 <= self.mix_min_shards <= self.mix_max_shards, p + "mix_min_shards",
                  f"need 1 <= mix_min_shards <= mix_max_shards, got {self.mix_min_shards}, {self.mix_max_shards}")
@@ -87,6 +88,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         p = "train."
+        _check_fields(self, p)
         _require(self.seq_len >= 2, p + "seq_len", f"must be >= 2, got {self.seq_len}")
         _require(self.batch_tokens >= self.seq_len, p + "batch_tokens", "must be >= train.seq_len")
         _require(self.batch_tokens % self.seq_len == 0, p + "batch_tokens",
@@ -130,6 +132,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         p = "optim."
+        _check_fields(self, p)
         for name in ("matrix_lr", "scalar_lr", "tied_embed_lr", "embed_lr", "head_lr", "muon_wd", "adam_wd"):
             _require(getattr(self, name) >= 0, p + name, "must be >= 0")
         for name in ("muon_momentum", "muon_momentum_warmup_start", "beta1", "beta2"):
@@ -182,6 +185,7 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         p = "quant."
+        _check_fields(self, p)
         _require(5 <= self.matrix_bits <= 8, p + "matrix_bits", f"must be in [5, 8], got {self.matrix_bits}")
         _require(5 <= self.embed_bits <= 8, p + "embed_bits", f"must be in [5, 8], got {self.embed_bits}")
         _require(self.block_size >= 1, p + "block_size", "must be >= 1")
@@ -206,7 +210,10 @@ class BudgetConfig:
     target_hardware: str = "8xH100 SXM"
 
     def __post_init__(self) -> None:
+        _check_fields(self, "budget.")
         _require(self.artifact_bytes_limit > 0, "budget.artifact_bytes_limit", "must be > 0")
+        for name in ("train_seconds_limit", "eval_seconds_limit"):
+            _require(getattr(self, name) > 0, "budget." + name, f"must be > 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,4 +232,5 @@ class RunConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def __post_init__(self) -> None:
+        _check_fields(self, "")
         _require(0 <= self.seed < 2**63, "seed", f"must be in [0, 2^63), got {self.seed}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pgolf.config.base import _require
+from pgolf.config.base import _check_fields, _require
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -15,6 +15,7 @@ class SlidingConfig:
     batch_windows: int = 32
 
     def __post_init__(self) -> None:
+        _check_fields(self, "score.sliding.")
         _require(self.stride >= 1, "score.sliding.stride", "must be >= 1")
         _require(self.batch_windows >= 1, "score.sliding.batch_windows", "must be >= 1")
 
@@ -41,6 +42,7 @@ class SlotConfig:
 
     def __post_init__(self) -> None:
         p = "score.slot."
+        _check_fields(self, p)
         n = len(self.phase_iters)
         _require(n >= 1, p + "phase_iters", "at least one phase is needed")
         _require(len(self.phase_history) == n and len(self.phase_alpha) == n, p + "phase_history",
@@ -71,6 +73,7 @@ class TTTConfig:
 
     def __post_init__(self) -> None:
         p = "score.ttt."
+        _check_fields(self, p)
         _require(self.chunk_tokens >= 1, p + "chunk_tokens", "must be >= 1")
         _require(self.epochs >= 0, p + "epochs", "must be >= 0")
         _require(self.lr >= 0, p + "lr", "must be >= 0")
@@ -120,6 +123,7 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         p = "score.lora."
+        _check_fields(self, p)
         _require(self.rank >= 1, p + "rank", "must be >= 1")
         _require(self.scale > 0, p + "scale", "must be > 0")
         bad = [t for t in self.targets if t not in LORA_TARGETS]
@@ -164,6 +168,7 @@ class ScoreConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
+        _check_fields(self, "score.")
         bad = [m for m in self.modes if m not in SCORE_MODES]
         _require(not bad, "score.modes", f"unknown mode(s) {bad}; choose from {list(SCORE_MODES)}")
         _require(self.seq_len >= 2, "score.seq_len", "must be >= 2")

@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -120,13 +121,63 @@ def coerce(key: str, raw: Any, t: Any, source: str) -> Any:
             raise fail() from None
     if t is float:
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            return float(raw)
-        try:
-            return float(str(raw).strip().replace("_", ""))
-        except ValueError:
-            raise fail() from None
+            value = float(raw)
+        else:
+            try:
+                value = float(str(raw).strip().replace("_", ""))
+            except (ValueError, OverflowError):
+                raise fail() from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: cannot use {raw!r}{where}: expected a finite number")
+        return value
     if t is str:
         return str(raw)
+    raise ConfigError(f"{key}: unsupported field type {t!r}")
+
+
+def _json_type(t: Any) -> str:
+    origin = typing.get_origin(t)
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(a) for a in typing.get_args(t))
+    if origin is tuple:
+        return f"a JSON list of {_json_type(typing.get_args(t)[0])}"
+    return {bool: "true or false", int: "a JSON integer", float: "a finite JSON number", str: "a JSON string"}.get(
+        t, getattr(t, "__name__", str(t)))
+
+
+def coerce_json(key: str, raw: Any, t: Any, source: str) -> Any:
+    """A value parsed from JSON (a run's config.json, an artifact manifest) as annotation `t`, strictly: an
+    int field takes a JSON integer (never 2.0, "2" or true), a float field a finite JSON number, a bool
+    true/false, a Literal one of its strings, a tuple a JSON list of its element type. ConfigError names
+    the key and the source."""
+    def fail(why: str = "") -> ConfigError:
+        return ConfigError(f"{key}: cannot use {raw!r} (from {source}): expected {why or _json_type(t)}")
+
+    origin = typing.get_origin(t)
+    if origin is Literal:
+        if isinstance(raw, str) and raw in typing.get_args(t):
+            return raw
+        raise fail()
+    if origin is tuple:
+        if not isinstance(raw, list):
+            raise fail()
+        return tuple(coerce_json(key, item, typing.get_args(t)[0], source) for item in raw)
+    if t is bool:
+        if isinstance(raw, bool):
+            return raw
+        raise fail()
+    if t is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        raise fail()
+    if t is float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw):
+            return float(raw)
+        raise fail()
+    if t is str:
+        if isinstance(raw, str):
+            return raw
+        raise fail()
     raise ConfigError(f"{key}: unsupported field type {t!r}")
 
 
@@ -171,15 +222,16 @@ def from_dict(d: Mapping[str, Any], source: str = "config.json") -> RunConfig:
             elif key not in types_:
                 raise unknown_key(key, source)
             else:
-                flat[key] = coerce(key, v, types_[key], source)
+                flat[key] = coerce_json(key, v, types_[key], source)
 
     walk(d, "")
     return from_flat(flat)
 
 
 def model_from_dict(d: Any, source: str) -> ModelConfig:
-    """A model section from JSON (an artifact manifest, a checkpoint): every key must be a ModelConfig field
-    and every value is coerced and validated as if it came from --set; ConfigError names the key."""
+    """A model section from JSON (an artifact manifest, a checkpoint): every key must be a ModelConfig field,
+    every value has its field's JSON type (`coerce_json`) and the section is validated like any other
+    (types, ranges, size limits); ConfigError names the key."""
     if not isinstance(d, Mapping):
         raise ConfigError(f"model config (from {source}): expected an object, got {type(d).__name__}")
     hints = typing.get_type_hints(ModelConfig)
@@ -187,7 +239,7 @@ def model_from_dict(d: Any, source: str) -> ModelConfig:
     unknown = sorted(set(d) - names)
     if unknown:
         raise ConfigError(f"model config (from {source}): unknown key(s) {unknown}")
-    return ModelConfig(**{k: coerce(f"model.{k}", v, hints[k], source) for k, v in d.items()})
+    return ModelConfig(**{k: coerce_json(f"model.{k}", v, hints[k], source) for k, v in d.items()})
 
 
 def diff(cfg: RunConfig, base: RunConfig) -> dict[str, tuple[Any, Any]]:

@@ -26,9 +26,10 @@ interleave permutations.
 
 `SequentialLoader` -- the naive baseline's single stream, world-size invariant (docs/DESIGN.md#data-loader).
 
-Shards are opened lazily with `open_shard` (header and token range checked: a bad shard raises
-`ShardError` naming the file); `open_all()` checks every shard up front, off the clock. States are
-JSON and world-size free: a checkpoint written at 8 ranks resumes at 1 rank with the same windows.
+Shards are opened lazily with `open_shard` (header and token range checked: a bad shard raises `ShardError`
+naming the file; unusable data or state raises `LoaderError`); `open_all()` checks every shard up front, off
+the clock. States are JSON and world-size free: a checkpoint written at 8 ranks resumes at 1 rank with the
+same windows; a state that does not fit these shards and this geometry is refused, cursor by cursor.
 """
 
 from __future__ import annotations
@@ -44,12 +45,17 @@ import torch
 
 from pgolf.config import DataConfig
 from pgolf.data.shards import list_shards, open_shard, read_header
+from pgolf.errors import PgolfError
 
 FNV_PRIME = 1099511628211
 _MASK64 = (1 << 64) - 1
 STATE_VERSION = 1
 
 Batch = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class LoaderError(PgolfError, ValueError):
+    """Training data or a loader state that cannot be used (one line naming the shards or key, and the problem)."""
 
 
 @runtime_checkable
@@ -59,8 +65,7 @@ class TrainLoader(Protocol):
     steps_taken: int
 
     def next_step(self) -> Batch:
-        """This rank's grad_accum micro-batches (x, y) for one optimizer step: int64 CPU tensors of
-        shape (seqs_per_micro, seq_len); y is x shifted by one token."""
+        """This rank's grad_accum micro-batches (x, y) for one step: int64 CPU (seqs_per_micro, seq_len); y = x + 1."""
         ...
 
     def state_dict(self) -> dict: ...
@@ -73,9 +78,8 @@ class TrainLoader(Protocol):
 def shard_seed(names: Sequence[str]) -> int:
     """FNV-1a-style 64-bit seed over the bytes of the names, in the given order (no separator).
 
-    seed = 0; for every byte b: seed = (seed XOR b) * 1099511628211 mod 2^64. (Starting at 0, not at
-    the FNV offset basis, as the reference does.)
-    """
+    seed = 0; for every byte b: seed = (seed XOR b) * 1099511628211 mod 2^64 (from 0, not the FNV offset
+    basis, as the reference does)."""
     seed = 0
     for name in names:
         for b in name.encode("utf-8"):
@@ -86,24 +90,24 @@ def shard_seed(names: Sequence[str]) -> int:
 def check_geometry(seq_len: int, batch_tokens: int, world_size: int, grad_accum: int, rank: int) -> int:
     """Validate the step geometry; return G, the global sequences per step."""
     if seq_len < 1:
-        raise ValueError(f"train.seq_len must be >= 1, got {seq_len}")
+        raise LoaderError(f"train.seq_len must be >= 1, got {seq_len}")
     if world_size < 1 or grad_accum < 1:
-        raise ValueError(f"world_size and grad_accum must be >= 1, got {world_size} and {grad_accum}")
+        raise LoaderError(f"world_size and grad_accum must be >= 1, got {world_size} and {grad_accum}")
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+        raise LoaderError(f"rank {rank} is outside [0, world_size={world_size})")
     if batch_tokens < seq_len or batch_tokens % seq_len != 0:
-        raise ValueError(f"train.batch_tokens={batch_tokens} is not a positive multiple of train.seq_len={seq_len}")
+        raise LoaderError(f"train.batch_tokens={batch_tokens} is not a positive multiple of train.seq_len={seq_len}")
     g = batch_tokens // seq_len
     if g % (world_size * grad_accum) != 0:
-        raise ValueError(
+        raise LoaderError(
             f"global sequences per step G = train.batch_tokens / train.seq_len = {g} is not divisible by "
             f"world_size * grad_accum = {world_size} * {grad_accum} = {world_size * grad_accum}; "
             f"choose train.batch_tokens as a multiple of seq_len * world_size * grad_accum")
     return g
 
 
-def _state_error(kind: str, what: str, saved: Any, current: Any) -> ValueError:
-    return ValueError(f"cannot load {kind} loader state: {what} differs (state has {saved!r}, "
+def _state_error(kind: str, what: str, saved: Any, current: Any) -> LoaderError:
+    return LoaderError(f"cannot load {kind} loader state: {what} differs (state has {saved!r}, "
                       f"this loader has {current!r})")
 
 
@@ -114,7 +118,7 @@ class _ShardSet:
         files = list_shards(data_dir, "train")
         if train_shards > 0:
             if train_shards > len(files):
-                raise ValueError(f"data.train_shards={train_shards} but {data_dir} holds only {len(files)} "
+                raise LoaderError(f"data.train_shards={train_shards} but {data_dir} holds only {len(files)} "
                                  f"fineweb_train_*.bin shards")
             files = files[:train_shards]
         self.dir = Path(data_dir)
@@ -148,18 +152,15 @@ def _split(rank_rows: np.ndarray, grad_accum: int) -> Batch:
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# Coprime-stride multi-shard loader
-# --------------------------------------------------------------------------------------------------
+# ---- Coprime-stride multi-shard loader ----------------------------------------------------------
 
 
 class ShardCursor:
     """One pass over a shard's blocks in a pseudo-random order without repeats.
 
-    Blocks are seq_len-token slices starting at a random phase p; block b covers tokens
-    [p + b*L, p + b*L + L] (L + 1 tokens, the last one is the final target). The j-th visited block is
-    (start + j*stride) mod blocks; stride is coprime with blocks, so one pass is a permutation.
-    """
+    Blocks are seq_len-token slices starting at a random phase p; block b covers tokens [p + b*L, p + b*L + L]
+    (L + 1 tokens, the last one is the final target). The j-th visited block is (start + j*stride) mod blocks;
+    stride is coprime with blocks, so one pass is a permutation."""
 
     __slots__ = ("phase", "blocks", "start", "stride", "taken", "seq_len")
 
@@ -172,7 +173,7 @@ class ShardCursor:
         """Draw phase, start and stride for a shard of n_tokens (must hold at least one block)."""
         max_phase = min(seq_len - 1, n_tokens - seq_len - 1)
         if max_phase < 0:
-            raise ValueError(f"a shard of {n_tokens} tokens holds no window of {seq_len} + 1 tokens")
+            raise LoaderError(f"a shard of {n_tokens} tokens holds no window of {seq_len} + 1 tokens")
         phase = int(rng.integers(0, max_phase + 1))
         blocks = (n_tokens - 1 - phase) // seq_len  # >= 1 because phase <= n_tokens - seq_len - 1
         start = int(rng.integers(0, blocks))
@@ -222,7 +223,7 @@ class CoprimeLoader:
         self.full_blocks = [max((n - 1) // seq_len, 0) for n in self.shards.sizes]
         self.eligible: list[int] = [i for i, b in enumerate(self.full_blocks) if b > 0]
         if not self.eligible:
-            raise ValueError(f"no training shard in {self.shards.dir} holds a window of train.seq_len + 1 = "
+            raise LoaderError(f"no training shard in {self.shards.dir} holds a window of train.seq_len + 1 = "
                              f"{seq_len + 1} tokens (sizes: {self.shards.sizes})")
         self.rng = np.random.Generator(np.random.PCG64(shard_seed(self.shards.names)))
         self.cursors: dict[int, ShardCursor] = {}
@@ -323,13 +324,18 @@ class CoprimeLoader:
             "state": {"state": int(r["state"]), "inc": int(r["inc"])},
             "has_uint32": int(r["has_uint32"]), "uinteger": int(r["uinteger"]),
         }
-        self.cursors = {int(v[0]): ShardCursor.from_list(v[1:], self.seq_len) for v in state["cursors"]}
+        cursors = {int(v[0]): ShardCursor.from_list(v[1:], self.seq_len) for v in state["cursors"]}
+        for i, c in cursors.items():  # every window a cursor can still give must lie inside its shard
+            if i not in self.eligible or not (0 <= c.phase and 0 <= c.start < c.blocks and c.stride >= 1 and 0 <= c.taken
+                                              <= c.blocks and c.phase + c.blocks * self.seq_len < self.shards.sizes[i]):
+                raise LoaderError(f"cannot load {self.kind} loader state: cursor {c.to_list()} reaches outside shard {i}")
+        self.cursors = cursors
         self.steps_taken = int(state["steps_taken"])
         self.last_global_windows = []
 
     def open_all(self) -> None:
-        """Open and range-check every shard now (reads every token once), e.g. before the training
-        clock starts; otherwise each shard is checked on first use, inside the timed loop."""
+        """Open and range-check every shard now (reads every token once), e.g. before the training clock
+        starts; otherwise each shard is checked on first use, inside the timed loop."""
         self.shards.open_all()
 
     def describe(self) -> dict:
@@ -342,7 +348,7 @@ class CoprimeLoader:
 def _check_state(state: dict, kind: str, names: list[str], geometry: dict) -> None:
     if not isinstance(state, dict) or state.get("kind") != kind:
         got = state.get("kind") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"cannot load loader state of kind {got!r} into a {kind} loader")
+        raise LoaderError(f"cannot load loader state of kind {got!r} into a {kind} loader")
     if state.get("version") != STATE_VERSION:
         raise _state_error(kind, "state version", state.get("version"), STATE_VERSION)
     if list(state.get("shards", [])) != names:
@@ -351,9 +357,7 @@ def _check_state(state: dict, kind: str, names: list[str], geometry: dict) -> No
         raise _state_error(kind, "geometry (seq_len, global sequences per step)", state.get("geometry"), geometry)
 
 
-# --------------------------------------------------------------------------------------------------
-# Sequential loader (the baseline's stream, world-size invariant)
-# --------------------------------------------------------------------------------------------------
+# ---- Sequential loader (the baseline's stream, world-size invariant) -----------------------------
 
 
 class SequentialLoader:
@@ -370,7 +374,7 @@ class SequentialLoader:
         self.shards = _ShardSet(data_dir, cfg.train_shards, vocab_size)
         self.total = int(sum(self.shards.sizes))
         if self.total < 2:
-            raise ValueError(f"the training shards in {self.shards.dir} hold {self.total} tokens; "
+            raise LoaderError(f"the training shards in {self.shards.dir} hold {self.total} tokens; "
                              f"at least 2 are needed")
         # Global stream offsets: shard i covers [starts[i], starts[i] + sizes[i]).
         self.starts = np.concatenate([[0], np.cumsum(self.shards.sizes)[:-1]]).astype(np.int64)
@@ -424,8 +428,7 @@ class SequentialLoader:
         self.steps_taken = int(state["steps_taken"])
 
     def open_all(self) -> None:
-        """Open and range-check every shard now (reads every token once), e.g. before the training
-        clock starts; otherwise each shard is checked on first use, inside the timed loop."""
+        """As `CoprimeLoader.open_all`."""
         self.shards.open_all()
 
     def describe(self) -> dict:
@@ -435,16 +438,13 @@ class SequentialLoader:
                 "seqs_per_micro": self.global_seqs // (self.world_size * self.grad_accum)}
 
 
-# --------------------------------------------------------------------------------------------------
-
-
 def build_train_loader(data_dir: str | os.PathLike, *, seq_len: int, batch_tokens: int, rank: int,
                        world_size: int, grad_accum: int, data_cfg: DataConfig,
                        vocab_size: int | None) -> CoprimeLoader | SequentialLoader:
     """The loader named by data_cfg.loader, over data_dir's fineweb_train_*.bin shards."""
     classes = {"coprime": CoprimeLoader, "sequential": SequentialLoader}
     if data_cfg.loader not in classes:
-        raise ValueError(f"data.loader must be one of {sorted(classes)}, got {data_cfg.loader!r}")
+        raise LoaderError(f"data.loader must be one of {sorted(classes)}, got {data_cfg.loader!r}")
     return classes[data_cfg.loader](data_dir, seq_len=seq_len, batch_tokens=batch_tokens, rank=rank,
                                     world_size=world_size, grad_accum=grad_accum, data_cfg=data_cfg,
                                     vocab_size=vocab_size)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pgolf.errors import PgolfError
+from pgolf.files import atomic_open
 
 MAGIC = 20240520
 VERSION = 1
@@ -57,6 +58,8 @@ def read_header(path: str | os.PathLike) -> int:
         raise ShardError(p, "file not found") from None
     except IsADirectoryError:
         raise ShardError(p, "is a directory, not a shard") from None
+    except OSError as exc:
+        raise ShardError(p, f"unreadable ({exc.strerror or type(exc).__name__})") from None
     if len(raw) < HEADER_BYTES:
         raise ShardError(p, f"truncated header: file has {size} bytes, a shard header needs {HEADER_BYTES}", 0)
     header = np.frombuffer(raw, dtype="<i4")
@@ -92,14 +95,17 @@ def open_shard(path: str | os.PathLike, vocab_size: int | None = None) -> np.nda
     if n == 0:
         tokens = np.zeros((0,), dtype=TOKEN_DTYPE)
     else:
-        tokens = np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(n,))
+        try:
+            tokens = np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(n,))
+        except (OSError, ValueError) as exc:  # e.g. the file shrank since its header was read
+            raise ShardError(path, f"cannot map its tokens ({type(exc).__name__}: {exc})") from None
     if vocab_size is not None:
         check_token_range(tokens, vocab_size, path)
     return tokens
 
 
 def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> str:
-    """Write a shard atomically (temp file, then rename); return the sha256 of the file's bytes."""
+    """Write a shard atomically (pgolf.files: temp file, fsync, rename); return the sha256 of its bytes."""
     p = Path(path)
     toks = np.asarray(tokens)
     if toks.size and (toks.min() < 0 or toks.max() >= 1 << 16):
@@ -113,21 +119,20 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> str:
     h.update(header.tobytes())
     h.update(payload)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    with tmp.open("wb") as fh:
+    with atomic_open(p) as fh:
         fh.write(header.tobytes())
         fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, p)
     return h.hexdigest()
 
 
 def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 22) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(bufsize):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(bufsize):
+                h.update(chunk)
+    except OSError as exc:
+        raise ShardError(path, f"unreadable ({exc.strerror or type(exc).__name__})") from None
     return h.hexdigest()
 
 

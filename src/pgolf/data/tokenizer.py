@@ -28,6 +28,7 @@ from pgolf.errors import PgolfError
 
 SPACE = "\u2581"
 
+
 class TokenizerError(PgolfError, ValueError):
     """A tokenizer that cannot be loaded or used; one line naming the file."""
 
@@ -41,6 +42,15 @@ def load_tokenizer(path: str | os.PathLike):
         return spm.SentencePieceProcessor(model_file=str(p))
     except Exception as exc:  # sentencepiece raises OSError/RuntimeError with long messages
         raise TokenizerError(f"{p}: not a SentencePiece model ({type(exc).__name__})") from None
+
+
+def check_vocab(sp, path: str | os.PathLike, vocab_size: int):
+    """`sp` if its vocabulary fits the model's (every id it can produce is < model.vocab_size); else one
+    TokenizerError line naming the file."""
+    if int(sp.vocab_size()) > vocab_size:
+        raise TokenizerError(f"{path}: tokenizer vocabulary {sp.vocab_size()} is larger than model.vocab_size="
+                             f"{vocab_size} (use the tokenizer the data was prepared with, or set model.vocab_size)")
+    return sp
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,10 @@ parts are byte-shuffled with stride 2 (low bytes, then high bytes).
 
 Reading never unpickles, checks every length and offset against the file size and the declared
 payload size before allocating, verifies the digest before parsing the manifest, decompresses with an
-output bound equal to the declared size, and reports any problem as one `ArtifactError` line naming
-the file.
+output bound equal to the declared size, refuses NaN/Inf in fp16 values and scales, and reports any
+problem as one `ArtifactError` line naming the file. `open_artifact` stops before decompression (the
+manifest alone: what `pgolf.quant.artifact` checks against the model config before anything is
+inflated or built); `read_artifact` = `open_artifact` + `decode_payload`.
 """
 
 from __future__ import annotations
@@ -281,19 +283,20 @@ def _decode(t: dict, raw: bytes) -> QTensor:
             arr = from_int8_plane(buf, shape)
         else:
             arr = buf.view(_DTYPES[p["dtype"]]).reshape(shape).astype(np.float16)
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{t['name']}: NaN or Inf in its fp16 {'scales' if p['kind'] == 'scale' else 'values'}")
         out.append(torch.from_numpy(np.ascontiguousarray(arr)))
     if t["bits"] is not None:
         qmax = qmax_for(t["bits"])
         Q = out[0]
-        if Q.numel() and int(Q.abs().max()) > qmax:
+        if Q.numel() and (int(Q.min()) < -qmax or int(Q.max()) > qmax):  # not abs(): int8 -128 stays negative
             raise ValueError(f"{t['name']}: Q outside [-{qmax}, {qmax}]")
-        if not bool(torch.isfinite(out[1]).all()):
-            raise ValueError(f"{t['name']}: non-finite scale")
     return QTensor(t["scheme"], *out)
 
 
-def read_artifact(path: str | os.PathLike) -> tuple[dict, dict[str, QTensor]]:
-    """-> (manifest, {name: QTensor}) with torch tensors; ArtifactError on anything untrustworthy."""
+def open_artifact(path: str | os.PathLike) -> tuple[dict, bytes]:
+    """-> (manifest, compressed payload): header, sizes and digest checked, the manifest parsed and its
+    structure validated, nothing decompressed; ArtifactError on anything untrustworthy."""
     path = Path(path)
     try:
         fh = open(path, "rb")
@@ -325,15 +328,26 @@ def read_artifact(path: str | os.PathLike) -> tuple[dict, dict[str, QTensor]]:
         _validate_manifest(manifest)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise artifact_error(path, f"invalid manifest: {e}") from None
+    return manifest, body[mlen:]
+
+
+def decode_payload(path: str | os.PathLike, manifest: dict, payload: bytes) -> dict[str, QTensor]:
+    """The tensors of an `open_artifact` result: decompressed (bounded by raw_bytes) and decoded."""
     try:
-        raw = decompress(body[mlen:], manifest["compressor"], manifest["raw_bytes"])
+        raw = decompress(payload, manifest["compressor"], manifest["raw_bytes"])
     except (ValueError, lzma.LZMAError, MemoryError, *codec_errors()) as e:
         raise artifact_error(path, f"payload does not decompress: {e}") from None
     try:
-        tensors = {t["name"]: _decode(t, raw) for t in manifest["tensors"]}
+        return {t["name"]: _decode(t, raw) for t in manifest["tensors"]}
     except ValueError as e:
         raise artifact_error(path, f"invalid tensor data: {e}") from None
-    return manifest, tensors
+
+
+def read_artifact(path: str | os.PathLike) -> tuple[dict, dict[str, QTensor]]:
+    """-> (manifest, {name: QTensor}) with torch tensors; ArtifactError on anything untrustworthy. Any
+    tensors, any model section: `pgolf.quant.artifact.load_artifact` also checks them against the model."""
+    manifest, payload = open_artifact(path)
+    return manifest, decode_payload(path, manifest, payload)
 
 
 def artifact_bytes(path: str | os.PathLike) -> int:

@@ -18,23 +18,58 @@ from pathlib import Path
 
 import torch
 
-from pgolf.config import RunConfig, to_dict
+from pgolf.config import RunConfig, config_hash, to_dict
 from pgolf.errors import PgolfError
 from pgolf.files import atomic_write_bytes
 from pgolf.model.roles import roles_by_name
 from pgolf.quant.calib import hessian_inputs, self_generated_batches
 from pgolf.quant.codecs import compress_best
-from pgolf.quant.container import build_payload, encode_artifact
-from pgolf.quant.hessian import collect_hessians
+from pgolf.quant.container import build_payload, encode_artifact, read_artifact
+from pgolf.quant.hessian import collect_hessians, hessian_params
 from pgolf.quant.prune import prune_to_target
 from pgolf.quant.schemes import entropy_bytes, quantize_model
-from pgolf.rundir import ARTIFACT, HESSIANS, QUANT_SUMMARY, RunLogger, load_config, load_final_weights, read_json
-from pgolf.runtime import DistEnv, resolve_precision, sync
+from pgolf.rundir import (
+    ARTIFACT,
+    HESSIANS,
+    QUANT_SUMMARY,
+    SOURCE,
+    Run,
+    RunLogger,
+    load_config,
+    load_final_weights,
+    read_json,
+)
+from pgolf.runtime import DistEnv, load_torch_file, resolve_precision, sync
 from pgolf.telemetry import PhaseTimer, Progress
 
 
 class QuantizeError(PgolfError, ValueError):
     """A run that cannot be quantized as configured (one line naming the run and the problem)."""
+
+
+def check_run_artifact(run: Run) -> dict:
+    """A run's artifact.pgolf checked against what it was made from: its manifest's source (the model_final.pt
+    it was quantized from) and quant_summary.json; -> the manifest. A stale artifact is one StaleError line."""
+    manifest, _ = read_artifact(run.artifact)
+    run.check_artifact_manifest(manifest)
+    run.quant_summary()
+    return manifest
+
+
+def load_hessians(path: Path, model: torch.nn.Module, head: bool, device) -> dict:
+    """hessians.pt -> {name: H}, with H (cols, cols) finite for every matrix GPTQ needs (QuantizeError else)."""
+    H = load_torch_file(path, "Hessians", QuantizeError)
+    if not isinstance(H, dict):
+        raise QuantizeError(f"{path}: not a {{parameter name: Hessian}} dict")
+    for name, p in hessian_params(model, head=head).items():
+        h = H.get(name)
+        if not isinstance(h, torch.Tensor) or h.shape != (p.size(1), p.size(1)) or not h.is_floating_point():
+            got = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+            raise QuantizeError(f"{path}: {name}: expected a ({p.size(1)}, {p.size(1)}) float Hessian, got {got} "
+                                f"(made for another model? retrain with quant.calib_source=train)")
+        if not bool(torch.isfinite(h).all()):
+            raise QuantizeError(f"{path}: {name}: the Hessian is not finite")
+    return {k: v.to(device) for k, v in H.items() if isinstance(v, torch.Tensor)}
 
 
 def calibration_hessians(model: torch.nn.Module, cfg: RunConfig, env: DistEnv, run_dir: Path, *,
@@ -49,8 +84,7 @@ def calibration_hessians(model: torch.nn.Module, cfg: RunConfig, env: DistEnv, r
             raise QuantizeError(f"{run_dir}: quant.calib_source=train needs {HESSIANS}, which the trainer "
                                 "writes inside its wallclock; this run has none (train it with that setting, or "
                                 "use calib_source=selfgen)")
-        H = torch.load(p, map_location=env.device, weights_only=True)
-        return H, {"source": "train", "file": HESSIANS}
+        return load_hessians(p, model, q.head_gptq, env.device), {"source": "train", "file": HESSIANS}
     t0 = time.perf_counter()
     with Progress("calibration (self-generated)", total=q.calib_seqs, unit="seq",
                   enabled=progress and env.is_main) as bar:
@@ -80,7 +114,9 @@ def quantize_run(run_dir: str | Path, env: DistEnv, *, code_bytes: int = 0, prog
     cfg = cfg or load_config(run_dir)
     q = cfg.quant
     log = log or RunLogger(run_dir, is_main=env.is_main, echo=echo)
-    model = load_final_weights(run_dir, cfg, env.device).float()
+    run = Run(run_dir)
+    model = load_final_weights(run_dir, cfg, env.device).float()  # the file train_summary.json records
+    source = run.weights_source(cfg)  # what the artifact is made from, recorded in it and in the summary
     amp, _ = resolve_precision(cfg, env)
     H, calib = calibration_hessians(model, cfg, env, run_dir, autocast_dtype=amp, log=log, progress=progress)
     summary: dict = {}
@@ -93,7 +129,7 @@ def quantize_run(run_dir: str | Path, env: DistEnv, *, code_bytes: int = 0, prog
             _, raw = build_payload(tensors, q.layout, roles)
             compressor, blob0, sizes = compress_best(raw, q.compressor)
             # The manifest's extra facts are fixed before pruning, so size_fn measures the exact bytes written.
-            extra = {"calibration": calib, "code_bytes": code_bytes}
+            extra = {"calibration": calib, "code_bytes": code_bytes, SOURCE: source}
 
             def encode(t, compressed=None) -> bytes:
                 return encode_artifact(model_cfg, t, compressor, roles=roles, quant_cfg_dict=quant_dict,
@@ -115,7 +151,9 @@ def quantize_run(run_dir: str | Path, env: DistEnv, *, code_bytes: int = 0, prog
                                              progress=on_eval if env.is_main else None)
             blob = first if is_unpruned(tensors) else encode(tensors)
             path = run_dir / ARTIFACT
+            before = run.sha256(ARTIFACT)
             atomic_write_bytes(path, blob)
+            log.replaced(ARTIFACT, before, run.sha256(ARTIFACT))
         ent = entropy_bytes(tensors)
         payload = sizes[compressor]
         art = len(blob)
@@ -128,7 +166,8 @@ def quantize_run(run_dir: str | Path, env: DistEnv, *, code_bytes: int = 0, prog
             "compressor": compressor, "compressed_sizes": sizes, "raw_payload_bytes": len(raw),
             "entropy_bytes": ent, "payload_over_entropy": payload / ent["total"] if ent["total"] else None,
             "calibration": calib, "pruning": prune, "quantize_seconds": tq.seconds,
-            "serialize_seconds": ts.seconds,
+            "serialize_seconds": ts.seconds, "config_hash": config_hash(cfg), "weights_sha256": source["weights_sha256"],
+            "artifact_sha256": run.sha256(ARTIFACT),
         }
         log.write_json(QUANT_SUMMARY, summary)
         verdict = "within" if total <= limit else "OVER BUDGET: NOT A VALID SUBMISSION,"

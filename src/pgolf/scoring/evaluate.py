@@ -117,9 +117,8 @@ def rank_window_count(mode: str, plan: ScorePlan, cfg: RunConfig, env: DistEnv, 
         lo, hi = plan.rank_windows(env)
         return hi - lo
     if m.family == "lora":
-        lc = cfg.score.lora
-        q = DocQueue.build(stream, cfg.model.bos_id, lc.docs_per_batch, lc.phase_docs)
-        return sum(sum(len(q.batches[j]) for j in range(*rank_share(a, b, env))) for a, b in q.segments())
+        q = DocQueue.build(stream, cfg.model.bos_id, cfg.score.lora.phase_docs)
+        return sum(len(q.rank_docs(a, b, env)) for a, b in q.segments)
     if m.family == "slot" or cfg.score.ttt.mode == "prequant":
         return share(0, W)
     bounds = chunk_windows(plan, cfg.score.ttt.chunk_tokens)
@@ -164,14 +163,14 @@ def _run_mode(mode: str, model: torch.nn.Module, data: EvalData, plan: ScorePlan
         s, info = score_lora(model, data.stream, data.luts_t, env, cfg.score, autocast_dtype=autocast_dtype,
                              nll_out=nll, progress=bar)
         problems = audit_lora_ledger(info["ledger"], plan.n_targets,
-                                     DocQueue.build(data.stream, cfg.model.bos_id, 1, ()).targets)
+                                     DocQueue.build(data.stream, cfg.model.bos_id).targets)
         compliant, label = info["compliant"], info["label"]
         if problems and compliant:
             compliant, label = False, AUDIT_FAILED_LABEL
         return {**s.to_json(), "compliant": compliant, "label": label,
                 "seconds_phases": {"score": info["seconds_score"], "global": info["seconds_global"]},
                 "audit": {"ok": not problems, "n_problems": len(problems), "problems": problems[:MAX_AUDIT_PROBLEMS]},
-                "lora": {k: info[k] for k in ("documents", "batches", "chunks", "updates", "phases", "order")}}
+                "lora": {k: info[k] for k in ("documents", "segments", "chunks", "updates", "phases", "order")}}
     if family == "slot":
         s, info = score_slot(model, data.stream, plan, data.luts_t, env, cfg.score.slot, batch_windows=bw,
                              autocast_dtype=autocast_dtype, nll_out=nll, warm_segments=warm_segments, progress=bar)

@@ -14,6 +14,7 @@ import torch
 from pgolf.config import SCORE_MODES, RunConfig, SlotConfig, apply_overrides
 from pgolf.model.build import build_gpt
 from pgolf.model.roles import roles_by_name
+from pgolf.presets import get_preset
 from pgolf.quant.artifact import load_artifact, save_model_artifact
 from pgolf.quant.calib import self_generated_batches
 from pgolf.quant.codecs import available_compressors, compress
@@ -24,6 +25,7 @@ from pgolf.rundir import RunLogger, load_config, load_final_weights
 from pgolf.runtime import DistEnv, resolve_precision, score_precision, session, sync
 from pgolf.scoring.evaluate import evaluate, load_eval_data, mode_plan
 from pgolf.tools.args import add_config_args, add_device, add_json, add_sets, prefixed_sets, resolve_args
+from pgolf.tools.estimate import record_estimates
 from pgolf.tools.evaltool import eval_model, eval_source, parse_modes
 from pgolf.train.loop import Trainer
 
@@ -210,11 +212,17 @@ def bench_eval(model, cfg: RunConfig, env: DistEnv, *, modes: tuple[str, ...] = 
                speedup_pct=100.0 * (1.0 - c["seconds"] / s["seconds"]), bpb_delta=c["val_bpb"] - s["val_bpb"],
                evals_ratio=sum(c["evals_mean"]) / max(sum(s["evals_mean"]), 1e-12))
     out["slot_phases"] = cmp
+    rec = get_preset("record")
+    # the record's geometry (windows, stride) with this run's method settings (LoRA, TTT, SLOT)
+    rec_score = replace(cfg.score, seq_len=rec.score.seq_len, sliding=rec.score.sliding,
+                        lora=replace(cfg.score.lora, context=0))
+    out["record_estimate"] = record_estimates(replace(rec, score=rec_score), list(res),
+                                              {m: r["seconds"] for m, r in res.items()})
     return out
 
 
 def _bench_mode(r: dict) -> dict:
-    keys = ("windows", "seconds", "windows_per_s", "val_bpb", "compliant", "label", "seconds_phases")
+    keys = ("windows", "seconds", "windows_per_s", "val_bpb", "compliant", "label", "seconds_phases", "precision")
     return {k: r[k] for k in keys if k in r}
 
 
@@ -237,6 +245,13 @@ def format_bench_eval(r: dict) -> str:
                      f"{sum(v['evals_mean']):.1f}, iterations/window {sum(v['iters_mean']):.1f}")
     lines.append(f"  cascaded/single time ratio {c['time_ratio']:.3f} ({c['speedup_pct']:+.1f}% faster), "
                  f"evals ratio {c['evals_ratio']:.3f}, bpb delta {c['bpb_delta']:+.5f} (cascaded - single)")
+    lines.append("record shape on 8xH100, estimated from FLOP counts and the measured H100 training throughput "
+                 "(pgolf.tools.estimate):")
+    for m, e in r["record_estimate"].items():
+        w = e["work"]
+        lines.append(f"  {m:9s} {e['seconds']:8.1f}s of {e['budget_seconds']:g}s "
+                     f"({'within' if e['within_budget'] else 'OVER'}); forward {w['forward'] / 1e9:.2f}G tokens, "
+                     f"backward {(w['backward_acts'] + w['backward_weights']) / 1e9:.2f}G  [{e['method']}]")
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from pgolf.config import RunConfig
 from pgolf.model.gpt import GPT
 from pgolf.model.roles import Role, role_of, role_policy
 from pgolf.quant.container import artifact_bytes, read_artifact
-from pgolf.rundir import ARTIFACT, load_config
+from pgolf.rundir import ARTIFACT, Run, load_config
 from pgolf.tools.args import EXIT_FAIL, add_config_args, add_json, resolve_args
 from pgolf.tools.bundle import run_code_bytes
 
@@ -55,13 +55,15 @@ def model_budget(cfg: RunConfig) -> dict:
 
 def run_budget(run_dir, *, code_bytes: int) -> dict:
     """Measured bytes of a quantized run: its artifact file + the code, against the config's limit. The
-    artifact is read and checked (digest, manifest) first: a damaged file is never counted as valid."""
+    artifact is read and checked (digest, manifest, made from the run's model_final.pt) first: a damaged or
+    stale file is never counted as valid."""
 
     cfg = load_config(run_dir)
     path = Path(run_dir) / ARTIFACT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no artifact (run `pgolf quantize --run-dir {run_dir}` first)")
     manifest, _ = read_artifact(path)
+    Run(run_dir).check_artifact_manifest(manifest)
     model = artifact_bytes(path)
     total = model + code_bytes
     limit = cfg.budget.artifact_bytes_limit

@@ -5,7 +5,9 @@ form of the results and the --save-nll files.
 Weights: `eval_config` + `load_eval_model` find what to score: an artifact (`--artifact`, or a run
 directory's artifact.pgolf), else a run's float weights model_final.pt, labelled FLOAT_WEIGHTS_LABEL so
 that a float score is never mistaken for the artifact's. `save_nll` writes per-target NLL arrays for
-`pgolf eval --save-nll FILE.npy` (several modes: FILE.<mode>.npy).
+`pgolf eval --save-nll FILE.npy` (several modes: FILE.<mode>.npy). A run directory's artifact is checked
+against the model_final.pt it was made from (a stale one is refused), and the arguments before any work
+(--max-val-tokens 0 or >= 2, --save-nll a writable file: `check_max_val_tokens`, `check_nll_path`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import numpy as np
 import torch
 
 from pgolf.config import SCORE_MODES, ConfigError, RunConfig, apply_overrides, parse_set
+from pgolf.files import atomic_open
 from pgolf.presets import resolve
 from pgolf.quant.artifact import load_artifact
-from pgolf.rundir import ARTIFACT, MODEL_FINAL, load_config, load_final_weights
+from pgolf.quant.stage import check_run_artifact
+from pgolf.rundir import ARTIFACT, MODEL_FINAL, Run, load_config, load_final_weights
 from pgolf.runtime import score_precision
 from pgolf.tools.args import usage
 from pgolf.tools.data.verify import find_layout
@@ -76,10 +80,29 @@ def save_nll(path: str | Path, nll: Mapping[str, np.ndarray]) -> dict[str, str]:
     out = {}
     for mode, p in nll_paths(path, nll).items():
         p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "wb") as fh:  # exact name: np.save(str) would append .npy to other suffixes
+        with atomic_open(p) as fh:  # exact name: np.save(str) would append .npy to other suffixes
             np.save(fh, np.asarray(nll[mode], dtype=np.float64))
         out[mode] = str(p)
     return out
+
+
+def check_max_val_tokens(n: int) -> None:
+    if n and n < 2:
+        raise usage(f"--max-val-tokens must be 0 (the whole stream) or >= 2 (n tokens hold n - 1 targets), got {n}")
+
+
+def check_nll_path(save_nll_path: str, modes: Iterable[str]) -> None:
+    """Refuse, before any scoring, NLL files that could not be written (a directory, an unwritable place)."""
+    if not save_nll_path or save_nll_path.endswith(("/", os.sep)):
+        raise usage(f"--save-nll {save_nll_path!r}: give a file name (FILE.npy), not a directory")
+    for p in nll_paths(save_nll_path, modes).values():
+        parent = next((d for d in p.parents if d.exists()), Path("."))
+        if p.is_dir():
+            raise usage(f"--save-nll {p}: is a directory; give a file name (FILE.npy)")
+        if p.exists() and not os.access(p, os.W_OK):
+            raise usage(f"--save-nll {p}: the file is not writable")
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise usage(f"--save-nll {p}: cannot create it ({parent} is not a writable directory)")
 
 
 # ------------------------------------------------------------------------------------------------ weights
@@ -117,6 +140,8 @@ def eval_config(*, run_dir: str | Path | None = None, artifact: str | Path | Non
     if run_dir is not None:
         cfg = apply_overrides(load_config(run_dir), parsed)
         art = Path(run_dir) / ARTIFACT
+        if art.is_file():
+            check_run_artifact(Run(run_dir))  # refuses an artifact made from other weights than model_final.pt
         source = EvalSource("artifact", art) if art.is_file() else EvalSource("float", Path(run_dir) / MODEL_FINAL)
     else:
         if data is None:
@@ -147,6 +172,7 @@ def eval_source(args):
     """eval / bench eval: --run-dir or --artifact (+ --data, --tokenizer, --preset, --set) -> (cfg, source)."""
     if args.run_dir and args.preset_given:
         raise usage("--preset applies to --artifact only (a run directory has its own config.json)")
+    check_max_val_tokens(args.max_val_tokens)
     data, tok = args.data, args.tokenizer
     if data is not None:  # a dataset dir or a prepared root; the tokenizer is derived from its layout if possible
         layout = find_layout(data, tok)
@@ -158,9 +184,9 @@ def eval_source(args):
 
 def eval_model(source, cfg, env):
     """-> (model, cfg with the weights' model section, autocast dtype); warns when scoring float weights."""
+    model, cfg = load_eval_model(source, cfg, env.device)  # first: weights that cannot be read are the error
     if source.kind == "float" and env.is_main:
         print(f"pgolf eval: WARNING: no artifact in {source.path.parent}; scoring {source.path.name}: "
               f"{source.label}", file=sys.stderr)
-    model, cfg = load_eval_model(source, cfg, env.device)
     prec = score_precision(cfg, env)  # score.precision, decided on this machine
     return model, cfg, prec.dtype

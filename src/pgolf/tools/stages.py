@@ -25,7 +25,7 @@ from pgolf.tools.args import (
 )
 from pgolf.tools.audit import audit, format_table
 from pgolf.tools.bundle import config_code_bytes, run_code_bytes
-from pgolf.tools.evaltool import eval_model, eval_source, format_results, parse_modes, save_nll
+from pgolf.tools.evaltool import check_nll_path, eval_model, eval_source, format_results, parse_modes, save_nll
 from pgolf.train.loop import train
 
 
@@ -94,6 +94,8 @@ def cmd_run(args) -> int:
 def cmd_eval(args) -> int:
     cfg, source = eval_source(args)
     modes = parse_modes(args.mode, cfg.score.modes)
+    if args.save_nll is not None:
+        check_nll_path(args.save_nll, modes)
     with session(args.device) as env:
         model, cfg, amp = eval_model(source, cfg, env)
         nll = {} if args.save_nll else None

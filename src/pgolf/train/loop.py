@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pgolf.config import RunConfig, config_hash, to_dict
 from pgolf.data.loader import build_train_loader
 from pgolf.data.shards import list_shards, load_val_tokens
-from pgolf.data.tokenizer import build_byte_luts, load_tokenizer, luts_to_torch
+from pgolf.data.tokenizer import build_byte_luts, check_vocab, load_tokenizer, luts_to_torch
 from pgolf.errors import PgolfError
 from pgolf.files import atomic_open
 from pgolf.model.build import build_gpt
@@ -46,7 +46,7 @@ from pgolf.scoring.plan import plain_plan
 from pgolf.scoring.sliding import score_windows
 from pgolf.telemetry import PhaseTimer, Progress, environment_fingerprint
 from pgolf.train.calibrate import calibrate_on_train
-from pgolf.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pgolf.train.checkpoint import load_checkpoint, restore, rng_state, save_checkpoint, set_rng_state
 from pgolf.train.ema import EMA
 
 
@@ -118,10 +118,7 @@ class Trainer:
         self.val_tokens = load_val_tokens(data_dir, self.vocab)
         for p in list_shards(data_dir, "val"):
             self.reads.append({"file": str(p), "purpose": "periodic_eval"})
-        sp = load_tokenizer(cfg.data.tokenizer_path)
-        if sp.vocab_size() > self.vocab:
-            raise ValueError(f"{cfg.data.tokenizer_path}: tokenizer vocab {sp.vocab_size()} exceeds "
-                             f"model.vocab_size={self.vocab}")
+        sp = check_vocab(load_tokenizer(cfg.data.tokenizer_path), cfg.data.tokenizer_path, self.vocab)
         self.luts_t = luts_to_torch(build_byte_luts(sp, self.vocab), self.device)
         self.raw_model = self.model
         self.fwd_model = torch.compile(self.model, dynamic=False) if self.compile else self.model
@@ -196,18 +193,12 @@ class Trainer:
             save_checkpoint(self.run_dir / CKPT_DIR / name, self._payload())
         self.env.barrier()
 
-    def _restore(self, ck: dict) -> None:
-        if ck["config_hash"] != config_hash(self.cfg):
-            raise ValueError(f"{self.run_dir}: checkpoint config hash {ck['config_hash'][:16]} differs from the "
-                             f"run's config {config_hash(self.cfg)[:16]}")
-        self.raw_model.load_state_dict(ck["model"])
-        self.opt.load_state_dict(ck["optim"])
-        if self.ema is not None:
-            self.ema.load_state_dict(ck["ema"])
-        self.loader.load_state_dict(ck["loader"])
-        set_rng_state(ck["rng"])
+    def _restore(self, path: Path) -> None:
+        ck = load_checkpoint(path)
+        restore(ck, path, config_hash=config_hash(self.cfg), model=self.raw_model, opt=self.opt, ema=self.ema,
+                loader=self.loader)
         self.step = int(ck["step"])
-        self.raw_model.set_qat(int(ck.get("qat_bits", 0)))
+        self.raw_model.set_qat(int(ck["qat_bits"]))
         self.train_seconds = float(ck["train_seconds"])
         self.val_history = list(ck.get("val_history", []))
 
@@ -296,11 +287,11 @@ class Trainer:
         self.setup()
         cfg, env = self.cfg, self.env
         if self.resume:
-            ck = load_checkpoint(self.run_dir / CKPT_DIR / LAST_CKPT)
-            self._restore(ck)
+            self._restore(self.run_dir / CKPT_DIR / LAST_CKPT)
             self.log.log(f"resumed_from_step:{self.step} train_time:{self.train_seconds * 1000:.0f}ms "
                          f"precision:{self.precision.name} ({self.precision.reason})")
         else:
+            self.log.start_fresh()  # another run's files in this directory would be mixed with this one's
             self._header()
         self.log.write_json(READS, self.reads)
         self._warmup()
@@ -406,16 +397,20 @@ class Trainer:
             else:
                 ema_v = raw_v
         self.save()
+        run = Run(self.run_dir)
         if env.is_main:
+            before = run.sha256(MODEL_FINAL)
             with atomic_open(self.run_dir / MODEL_FINAL) as fh:
                 torch.save({k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()}, fh)
+            self.log.replaced(MODEL_FINAL, before, run.sha256(MODEL_FINAL))
         env.barrier()  # model_final.pt exists before any rank goes on (quantize_run loads it on every rank)
         calib_s = (calibrate_on_train(self.raw_model, self.loader, cfg.quant, env, self.run_dir, self.log,
                                       self.train_seconds) if self._train_calibration_on() else 0.0)
         summary = TrainSummary(steps=self.step, train_seconds=self.train_seconds, stopped_by=stopped_by,
                                step_avg_ms=step_avg, tokens_per_second=tps, final_val=ema_v, final_val_raw=raw_v,
                                ema=self.ema is not None, world_size=env.world_size, grad_accum=self.accum,
-                               calib_seconds=calib_s, charged_seconds=self.train_seconds + calib_s)
+                               calib_seconds=calib_s, charged_seconds=self.train_seconds + calib_s,
+                               config_hash=config_hash(cfg), weights_sha256=run.sha256(MODEL_FINAL))
         self.log.write_json(TRAIN_SUMMARY, summary.to_json())
         self.log.log(f"train_done steps:{self.step} train_time:{self.train_seconds * 1000:.0f}ms "
                      f"step_avg:{step_avg:.2f}ms tok/s:{tps:.0f}")

@@ -47,6 +47,7 @@ from pgolf.config import RunConfig
 from pgolf.runtime import DistEnv
 from pgolf.scoring.bpb import SCORED_TAP
 from pgolf.scoring.evaluate import WARM_SEGMENTS, EvalData, evaluate, mode_plan
+from pgolf.scoring.lora import DocQueue
 from pgolf.scoring.modes import MODES
 from pgolf.scoring.plan import ScorePlan
 from pgolf.scoring.slot import segments
@@ -71,6 +72,8 @@ def required_tokens(mode: str, cfg: RunConfig) -> int:
     m = MODES[mode]
     if not m.overlapping:  # plain
         return 3 * T + 1
+    if m.family == "lora":  # two chunks of a document, then the rest of a window
+        return 2 * cfg.score.lora.chunk_tokens + T + 2
     if m.ttt:
         return 2 * cfg.score.ttt.chunk_tokens + max(T, bw * S) + 2
     windows = 4 * bw if m.slot else 2 * bw + 2
@@ -90,7 +93,28 @@ def probe_warm_segments(mode: str, plan: ScorePlan, cfg: RunConfig, run_warm_seg
     return max(1, min(run_warm_segments, batches // 2))
 
 
-def probe_points(mode: str, plan: ScorePlan, cfg: RunConfig, warm_segments: int) -> list[tuple[int, str]]:
+def document_points(mode: str, stream: np.ndarray, cfg: RunConfig) -> list[tuple[int, str]]:
+    """Per-document modes: the BOS of the second document and the token after it (a document boundary);
+    for lora also a chunk boundary inside the first document, the first document that waits for a free
+    slot ("batch") and the first document after a global phase ("phase")."""
+    q = DocQueue.build(stream, cfg.model.bos_id, cfg.score.lora.phase_docs)
+    tg, docs = q.targets, q.docs
+    pts: list[tuple[int, str]] = []
+    if len(tg) > 1:
+        pts += [(int(tg[1, 0]) - 1, "document"), (int(tg[1, 0]), "document")]
+    if MODES[mode].family == "lora":
+        c = cfg.score.lora.chunk_tokens
+        pts += [(int(tg[0, 0]) + c - 1, "chunk"), (int(tg[0, 0]) + c, "chunk")]
+        per = cfg.score.lora.docs_per_batch
+        if len(docs) > per:
+            pts.append((int(tg[docs[per], 0]) + 1, "batch"))
+        if len(q.segments) > 1:
+            pts.append((int(tg[docs[q.segments[1][0]], 0]) + 1, "phase"))
+    return pts
+
+
+def probe_points(mode: str, plan: ScorePlan, cfg: RunConfig, warm_segments: int,
+                 stream: np.ndarray | None = None) -> list[tuple[int, str]]:
     """[(target t, kind)] to flip (stream index t + 1), sorted, distinct, 1 <= t < n_targets."""
     W, bw, n = plan.num_windows, cfg.score.sliding.batch_windows, plan.n_targets
 
@@ -112,6 +136,8 @@ def probe_points(mode: str, plan: ScorePlan, cfg: RunConfig, warm_segments: int)
     if MODES[mode].ttt:
         c = cfg.score.ttt.chunk_tokens
         pts += [(c - 1, "chunk"), (c, "chunk")]
+    if MODES[mode].per_document and stream is not None:
+        pts += document_points(mode, stream, cfg)
     pts.append((n - 1, "end"))
     out: dict[int, str] = {}
     for t, kind in pts:
@@ -223,6 +249,8 @@ def _vacuous(mode: str, res: dict) -> str | None:
             return "no SLOT window adapted on the prefix"
         if m.family == "slot" and slot.get("batches", 0) < 2:
             return "one SLOT batch on the prefix: no warm start"
+    if m.family == "lora" and not res.get("lora", {}).get("updates"):
+        return "no document on the prefix is longer than one LoRA chunk: no adapter update happened"
     return None
 
 
@@ -256,9 +284,9 @@ def probe_mode(model: torch.nn.Module, cfg: RunConfig, env: DistEnv, mode: str, 
     baseline_only: just the unperturbed run with the run's own warm-start segments (coverage alone)."""
     V = cfg.model.vocab_size
     tol = tolerance(env.device)
-    plan = mode_plan(mode, len(stream), cfg)
+    plan = mode_plan(mode, stream, cfg)
     ws = run_warm_segments if baseline_only else probe_warm_segments(mode, plan, cfg, run_warm_segments)
-    points = probe_points(mode, plan, cfg, ws)
+    points = probe_points(mode, plan, cfg, ws, stream)
     selfp = self_prediction_points(points)
     step = max(1, plan.n_targets // NORM_SAMPLES)
     capture = set(range(0, plan.n_targets, step)) | {t for t, _ in points}

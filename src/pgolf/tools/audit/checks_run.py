@@ -16,6 +16,7 @@ from pgolf.config import to_dict
 from pgolf.data.shards import list_shards
 from pgolf.quant.container import read_artifact
 from pgolf.rundir import QUANT_SUMMARY, RESULTS
+from pgolf.scoring.lora import lora_settings
 from pgolf.scoring.modes import MODES
 from pgolf.telemetry import describe_hardware, hardware_matches
 from pgolf.tools.audit.context import FAIL, PASS, SKIP, AuditContext, CheckResult
@@ -277,7 +278,15 @@ def check_reference(ctx: AuditContext) -> CheckResult:
                 fails.append(f"{mode}: score.ttt.mode=prequant (weights trained on every validation token before scoring)")
             if ttt != to_dict(cfg.score.ttt):
                 fails.append(f"{mode}: the TTT settings in results.json differ from config.json")
-        if (MODES[mode].slot and slot is None) or (MODES[mode].ttt and ttt is None):
+        lora = st.get("lora")
+        if lora is not None:
+            e["lora_order"] = lora.get("order")
+            if lora.get("order") == "update_first":
+                fails.append(f"{mode}: score.lora.order=update_first (each chunk trained on before it is scored)")
+            if lora != to_dict(lora_settings(cfg.score).lora):
+                fails.append(f"{mode}: the LoRA settings in results.json differ from config.json")
+        if (MODES[mode].slot and slot is None) or (MODES[mode].ttt and ttt is None) or \
+                (MODES[mode].family == "lora" and lora is None):
             fails.append(f"{mode}: results.json does not record the mode's settings")
         if r.get("compliant") is not True:
             fails.append(f"{mode}: labelled {r.get('label')!r}")

@@ -10,6 +10,7 @@ import numpy as np
 
 from pgolf.data.tokenizer import stream_target_bytes
 from pgolf.scoring.evaluate import mode_plan
+from pgolf.scoring.lora import DocQueue, audit_lora_ledger, score_lora
 from pgolf.scoring.modes import MODES, ttt_modes
 from pgolf.scoring.ttt import audit_ledger, score_ttt
 from pgolf.tools.audit.causality import too_short_for_ttt
@@ -86,18 +87,44 @@ def ledger_problems(ledger: dict, plan) -> tuple[list[str], dict]:
     return out, facts
 
 
+def _lora_ledger(ctx: AuditContext, mode: str, ev: dict, fails: list[str], vacuous: list[str]) -> None:
+    """Mode lora: re-run it on the prefix and check its ledger target by target (audit_lora_ledger)."""
+    recorded = ctx.mode_result(mode).get("audit")
+    P = ctx.prefix(mode)
+    stream = ctx.val.stream[:P]
+    if ctx.log:
+        ctx.log(f"audit: ledger of {mode} on {P} tokens")
+    _, info = score_lora(ctx.model, stream, ctx.luts_t, ctx.env, ctx.cfg.score, autocast_dtype=ctx.autocast_dtype)
+    targets = DocQueue.build(stream, ctx.cfg.model.bos_id).targets
+    problems = audit_lora_ledger(info["ledger"], P - 1, targets)
+    ev[mode] = {"prefix_tokens": P, "documents": info["documents"], "chunks": info["chunks"],
+                "updates": info["updates"], "phases": len(info["phases"]), "order": info["order"],
+                "problems": problems[:20], "run_recorded_audit": recorded}
+    if recorded is None:
+        fails.append(f"{mode}: results.json records no ledger audit")
+    elif not recorded.get("ok", False):
+        fails.append(f"{mode}: the run's own ledger audit failed ({recorded.get('n_problems')} problems)")
+    if problems:
+        fails.append(f"{mode}: {problems[0]}")
+    elif info["updates"] == 0:
+        vacuous.append(f"{mode}: no adapter update on the {P}-token prefix")
+
+
 def check_ledger(ctx: AuditContext) -> CheckResult:
-    """TTT modes: re-run score_ttt on the prefix; its ledger target by target, audit_ledger, the run's verdict."""
-    modes = [m for m in ctx.modes if m in ttt_modes()]
+    """TTT and lora modes: re-run them on the prefix; the ledger target by target, and the run's own verdict."""
+    modes = [m for m in ctx.modes if m in ttt_modes() or MODES[m].family == "lora"]
     if not modes:
-        return CheckResult("ledger", SKIP, {}, "no TTT mode in this run")
+        return CheckResult("ledger", SKIP, {}, "no TTT or LoRA mode in this run")
     cfg = ctx.cfg
     ev, fails, vacuous = {}, [], []
     for mode in modes:
+        if MODES[mode].family == "lora":
+            _lora_ledger(ctx, mode, ev, fails, vacuous)
+            continue
         recorded = ctx.mode_result(mode).get("audit")
         P = ctx.prefix(mode)
         stream = ctx.val.stream[:P]
-        plan = mode_plan(mode, P, cfg)
+        plan = mode_plan(mode, stream, cfg)
         ws = ctx.run_warm_segments(mode)
         short = too_short_for_ttt(mode, plan, cfg)
         if short:
@@ -127,7 +154,7 @@ def check_ledger(ctx: AuditContext) -> CheckResult:
     if vacuous:
         return CheckResult("ledger", SKIP, ev, "; ".join(vacuous))
     msg = "; ".join(f"{m}: {e['updates']} updates over {e['chunks']} chunks, each on targets scored before it"
-                    for m, e in ev.items())
+                    + (f", {e['phases']} global phase(s)" if "phases" in e else "") for m, e in ev.items())
     return CheckResult("ledger", PASS, ev, msg + " (run's own audit: ok)")
 
 

@@ -23,6 +23,7 @@ from pgolf.config import ConfigError, RunConfig, to_dict
 from pgolf.data.shards import ShardError, load_val_tokens
 from pgolf.data.tokenizer import build_byte_luts, load_tokenizer, luts_to_torch
 from pgolf.quant.artifact import load_artifact
+from pgolf.quant.stage import check_run_artifact
 from pgolf.rundir import CONFIG, QuantSummary, Results, Run, TrainSummary
 from pgolf.runtime import DistEnv, score_precision
 from pgolf.scoring.evaluate import WARM_SEGMENTS
@@ -102,7 +103,8 @@ class AuditContext:
     @classmethod
     def load(cls, run_dir: str | Path, env: DistEnv, *, checks: Iterable[str] = (), max_val_tokens: int | None = None,
              log: Callable[[str], None] | None = None, val: ValData | None = None) -> AuditContext:
-        """Read a finished run directory (one-line errors from pgolf.rundir); val: else the config's data."""
+        """Read a finished run directory (one-line errors from pgolf.rundir, which also refuses results and
+        summaries made from other weights or another artifact than the run's); val: else the config's data."""
         run = Run(run_dir).require_dir()
         cfg = run.config()
         results = run.results(required=True)
@@ -137,7 +139,9 @@ class AuditContext:
 
     @cached_property
     def model(self) -> torch.nn.Module:
-        """The artifact's model on the device; its config must be the run's."""
+        """The artifact's model on the device; it must have been made from the run's model_final.pt and its
+        config must be the run's."""
+        check_run_artifact(self.run)
         model = load_artifact(self.run.artifact, self.device)
         if to_dict(model.cfg) != to_dict(self.cfg.model):
             raise ConfigError(f"{self.run.artifact}: the artifact's model config differs from {self.run.file(CONFIG)}")

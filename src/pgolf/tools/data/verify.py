@@ -70,6 +70,10 @@ def find_layout(data: str | Path, tokenizer: str | Path | None = None) -> Layout
                     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
                 except json.JSONDecodeError as exc:
                     raise VerifyError(f"{manifest_path}: not valid JSON ({exc.msg})") from None
+                except (UnicodeDecodeError, OSError) as exc:
+                    raise VerifyError(f"{manifest_path}: unreadable ({type(exc).__name__})") from None
+                if not isinstance(manifest, dict):
+                    raise VerifyError(f"{manifest_path}: expected a JSON object")
                 break
     tok = Path(tokenizer) if tokenizer else None
     if tok is None and manifest and isinstance(manifest.get("tokenizer_path"), str) and root is not None:
@@ -193,6 +197,10 @@ def verify(data: str | Path, tokenizer: str | Path | None = None, *, vocab_size:
     # The validation stream, as the challenge loads it: every val shard, sorted, concatenated.
     parts = [np.asarray(open_shard(layout.dataset_dir / s["file"])) for s in rep.shards if s["split"] == "val"]
     stream = np.concatenate(parts)
+    if len(stream) < 2:  # valid shards, but not one target to score
+        rep.problems.append(f"{layout.dataset_dir}: the validation stream has {len(stream)} token(s) in "
+                            f"{len(parts)} shard(s); at least 2 are needed (n tokens hold n - 1 targets)")
+        return rep
     luts = build_byte_luts(sp, v)
     starts, lut_b, text_b = doc_byte_counts(sp, luts, stream, threads=threads, progress=progress)
     val = {
