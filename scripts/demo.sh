@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: the whole pipeline on the embedded corpus, offline, on CPU, in under 10 minutes on 2 cores:
-# prepare -> verify -> train -> quantize -> score the artifact -> SLOT/TTT on a prefix -> bundle ->
+# prepare -> verify -> train -> quantize -> score the artifact -> doc/LoRA/SLOT/TTT on a prefix -> bundle ->
 # audit -> report. Prints each stage with the time so far (long stages print progress lines with an
 # ETA), then the final BPB, the artifact bytes, the audit table and the report.
 set -euo pipefail
@@ -27,12 +27,12 @@ stage "3/8 run: train (cpu preset, ${TRAIN_SECONDS}s, eager, precision auto) -> 
 rm -rf "$OUT/run"
 pgolf run --preset cpu "${DATA_SETS[@]}" \
   --set "train.max_wallclock_seconds=$TRAIN_SECONDS" --set train.compile=off \
-  --set train.warmdown_frac=0.4 --set train.ema_decay=0.9 --set "score.sliding.stride=$STRIDE" \
+  --set train.ema_decay=0.9 --set "score.sliding.stride=$STRIDE" \
   --run-dir "$OUT/run"
 
-stage "4/8 the other evaluation modes on an 8k-token validation prefix (legal causal SLOT, score-first TTT)"
-pgolf eval --run-dir "$OUT/run" --mode sliding,slot,ttt --max-val-tokens 8192 --set score.slot.clamp=0.1 \
-  --set score.ttt.chunk_tokens=2048
+stage "4/8 the other evaluation modes on an 8k-token validation prefix (document-isolated windows, per-document
+        LoRA TTT, legal causal SLOT with its guard, score-first TTT)"
+pgolf eval --run-dir "$OUT/run" --mode sliding,doc,lora,slot,ttt --max-val-tokens 8192 --set score.ttt.chunk_tokens=2048
 
 stage "5/8 bundle the record folder (single-file train_gpt.py + submission skeleton)"
 pgolf bundle --run-dir "$OUT/run" --out "$OUT/record" --force

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import random
 import time
@@ -169,9 +170,17 @@ def _cpu_bf16_flags() -> tuple[str, ...]:
     return tuple(f for f in ("amx_bf16", "amx_tile", "avx512_bf16") if f in flags)
 
 
-def _gflops(a: torch.Tensor, b: torch.Tensor, reps: int, rounds: int = 3) -> float:
-    """The best of `rounds` timings of `reps` matmuls (the best is the least disturbed by other load)."""
+def _gflops(a: torch.Tensor, b: torch.Tensor, min_seconds: float = 0.02, rounds: int = 3) -> float:
+    """The best of `rounds` timings, each of as many matmuls as fill `min_seconds` (at least one).
+
+    A round that lasts well past a scheduler tick is not decided by one context switch or page fault (a
+    round of one or two sub-millisecond matmuls was: under load it once made bf16 look slower than fp32
+    on an AMX machine); the best round is the least disturbed by other load."""
     torch.mm(a, b)  # warm-up (oneDNN picks and caches its kernel)
+    t0 = time.perf_counter()
+    torch.mm(a, b)
+    one = max(time.perf_counter() - t0, 1e-6)
+    reps = max(1, min(10_000, math.ceil(min_seconds / one)))
     best = float("inf")
     for _ in range(rounds):
         t0 = time.perf_counter()
@@ -184,7 +193,7 @@ def _gflops(a: torch.Tensor, b: torch.Tensor, reps: int, rounds: int = 3) -> flo
 
 @functools.cache
 def probe_cpu_bf16() -> BF16Probe:
-    """Time the probe matmul in fp32 and in bf16 on this CPU (~0.1-1 s; cached for the process).
+    """Time the probe matmul in fp32 and in bf16 on this CPU (~0.2-0.5 s; cached for the process).
 
     bf16 is what autocast runs the linears in; on CPUs with AMX (or AVX512-BF16) units it is several
     times faster than fp32, on CPUs without them (AVX2, plain AVX-512) it is emulated and ~20x slower."""
@@ -193,8 +202,8 @@ def probe_cpu_bf16() -> BF16Probe:
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(m, k, generator=gen)
     b = torch.randn(k, n, generator=gen)
-    fp32 = _gflops(a, b, 8)
-    bf16 = _gflops(a.bfloat16(), b.bfloat16(), 2)
+    fp32 = _gflops(a, b)
+    bf16 = _gflops(a.bfloat16(), b.bfloat16())
     return BF16Probe(fp32, bf16, time.perf_counter() - t0, _cpu_bf16_flags())
 
 
@@ -223,8 +232,10 @@ class Precision:
 
 
 def choose_precision(requested: str, device: torch.device) -> Precision:
-    """bf16 / fp32 as requested; "auto": bf16 autocast on CUDA; on CPU bf16 only where this CPU's bf16
-    matmuls measure at least BF16_MIN_SPEEDUP x faster than fp32 (`probe_cpu_bf16`), else fp32."""
+    """bf16 / fp32 as requested; "auto": bf16 autocast on CUDA; on a CPU with AMX bf16 units (the amx_bf16
+    flag: a capability check, reliable where a measurement under load is not) bf16; on any other CPU bf16
+    only where its bf16 matmuls measure at least BF16_MIN_SPEEDUP x faster than fp32 (`probe_cpu_bf16`:
+    AVX2 and plain AVX-512 CPUs emulate bf16 and measure far below; AVX512-BF16 without AMX is measured)."""
     if requested == "bf16":
         return Precision(torch.bfloat16, requested, "requested")
     if requested == "fp32":
@@ -234,10 +245,13 @@ def choose_precision(requested: str, device: torch.device) -> Precision:
     if device.type == "cuda":
         return Precision(torch.bfloat16, requested, "auto: CUDA")
     p = probe_cpu_bf16()
-    fast = p.speedup >= BF16_MIN_SPEEDUP
+    amx = "amx_bf16" in p.cpu_flags
+    fast = amx or p.speedup >= BF16_MIN_SPEEDUP
     flags = ", ".join(p.cpu_flags) if p.cpu_flags else "no amx_bf16/avx512_bf16 flags"
+    rule = ("AMX bf16 units decide it whatever the measurement (under load a probe can measure both dtypes at "
+            "the same contended speed)" if amx else f"bf16 needs >= {BF16_MIN_SPEEDUP}x")
     why = (f"auto: bf16 matmul {p.speedup:.2f}x fp32 on this CPU (fp32 {p.fp32_gflops:.0f} GFLOP/s, bf16 "
-           f"{p.bf16_gflops:.0f} GFLOP/s; {flags}; bf16 needs >= {BF16_MIN_SPEEDUP}x)")
+           f"{p.bf16_gflops:.0f} GFLOP/s; {flags}; {rule})")
     return Precision(torch.bfloat16 if fast else None, requested, why)
 
 

@@ -3,7 +3,8 @@ file, the line and the problem, before a tokenizer is trained or anything is wri
 
 On the landed tree (3a30210) an invalid line, a line without "text" (and every other bad line) surfaced as a
 3-line "tokenizer training failed ... At: ..." message, a lone surrogate as a pybind11 cast error naming no
-file, and the tokenizers/ folder was already created. Every case here runs in one child (`run_many`)."""
+file, and the tokenizers/ folder was already created. Every case here runs in one child (`run_all`; with
+HARDENING_CHILD_SRC, one child each against that tree)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import lzma
 
 import pytest
 
-from tests.helpers.cli_fuzz import assert_one_error, run_many
+from tests.helpers.cli_fuzz import assert_one_error, run_all
 
 GOOD = b'{"text": "a perfectly fine document"}\n'
 BODY = b"".join(json.dumps({"text": f"document number {i} " * 8}).encode() + b"\n" for i in range(3000))
@@ -66,7 +67,7 @@ def results(tmp_path_factory):
         cases[cid] = (p, out, tuple(m.replace("{p}", str(p)) for m in mentions))
         argvs.append(["data", "prepare", "--docs", str(p), "--val-docs", "1", "--vocab-size", "300",
                       "--out", str(out)])
-    runs = run_many(argvs, seconds_each=30)
+    runs = run_all(argvs, seconds_each=30)
     return {cid: (run, *cases[cid]) for cid, run in zip(CASES, runs, strict=True)}
 
 

@@ -5,8 +5,8 @@ the file, no traceback, within the time and memory limits of tests/helpers/cli_f
 The inputs come from a real tiny run through a seeded generator: truncations, single bit flips (a flip that
 torch still loads to identical contents, in zip padding say, is harmless: left out and counted), missing and
 wrong keys, wrong types and shapes, and pickles that would run code. Every case runs in one child
-(`run_many`). HARDENING_LANDED_SRC=/path/to/other/src runs the same cases against that source tree (one
-child per case), e.g. the landed tree, where they fail.
+(`run_many`). HARDENING_CHILD_SRC (or HARDENING_LANDED_SRC)=/path/to/other/src runs the same cases against
+that source tree (one child per case), e.g. the landed tree, where they fail.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pgolf.rundir import load_config
 from tests.helpers.cli_fuzz import assert_one_error, run_bounded, run_many
 from tests.helpers.runs import cli_sets
 
-LANDED = os.environ.get("HARDENING_LANDED_SRC")
+LANDED = os.environ.get("HARDENING_CHILD_SRC") or os.environ.get("HARDENING_LANDED_SRC")
 CHILD = {"PYTHONPATH": LANDED} if LANDED else {}
 SETS = ("train.iterations=3", "train.val_every=0", "train.warmup_steps=0", "train.val_max_tokens=512")
 SEED = 20240520

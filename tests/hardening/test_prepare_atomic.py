@@ -15,7 +15,7 @@ import pytest
 from pgolf.errors import FileWriteError
 from pgolf.tools.data import prepare as prep
 from pgolf.tools.data.docs import DocsError
-from tests.helpers.cli_fuzz import assert_one_error, run_many
+from tests.helpers.cli_fuzz import assert_one_error, run_all
 from tests.helpers.paths import shared_dir
 
 REF_TOKENIZER = shared_dir() / "reference" / "tokenizers" / "fineweb_1024_bpe.model"
@@ -51,7 +51,7 @@ def cli(tmp_path_factory):
         "nothing_to_train": ["--docs", str(long_only), "--val-docs", "0", "--vocab-size", "300",
                              "--out", str(d / "o_train")],
     }
-    runs = run_many([["data", "prepare", *a] for a in argv.values()], seconds_each=60)
+    runs = run_all([["data", "prepare", *a] for a in argv.values()], seconds_each=60)
     return d, dict(zip(argv, runs, strict=True)), late_bad
 
 

@@ -6,8 +6,8 @@ writing a different artifact removes the results and audit made from the old one
 and `run --resume` refuse an artifact or results made from other weights than the run's model_final.pt with
 one `pgolf: error:` line naming the file and what to rerun.
 
-All CLI cases run in one child (`run_many`). HARDENING_LANDED_SRC=/path/to/other/src runs them against that
-source tree instead (one child per case), e.g. the landed tree, where they fail.
+All CLI cases run in one child (`run_many`). HARDENING_CHILD_SRC (or HARDENING_LANDED_SRC)=/path/to/other/src
+runs them against that source tree instead (one child per case), e.g. the landed tree, where they fail.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from tests.helpers.cli_fuzz import assert_one_error, run_bounded, run_many
 from tests.helpers.runs import cli_sets
 
-LANDED = os.environ.get("HARDENING_LANDED_SRC")
+LANDED = os.environ.get("HARDENING_CHILD_SRC") or os.environ.get("HARDENING_LANDED_SRC")
 CHILD = {"PYTHONPATH": LANDED} if LANDED else {}
 SETS = ("train.iterations=3", "train.val_every=0", "train.warmup_steps=0", "train.val_max_tokens=512",
         "score.max_val_tokens=1024", "score.modes=plain")

@@ -37,6 +37,13 @@ def test_auto_picks_bf16_only_where_bf16_is_fast(monkeypatch):
     fake_probe(monkeypatch, AVX2)
     p = choose_precision("auto", CPU)
     assert p.dtype is None and p.name == "fp32" and "0.05x fp32" in p.reason and "no amx_bf16" in p.reason
+    # a probe disturbed by other load measures both dtypes at the same contended speed (seen: 1.00x on an
+    # AMX machine): the AMX flag still decides bf16; without it the measurement decides (fp32)
+    fake_probe(monkeypatch, BF16Probe(50.0, 50.0, 0.2, ("amx_bf16",)))
+    p = choose_precision("auto", CPU)
+    assert p.dtype is torch.bfloat16 and "1.00x fp32" in p.reason and "AMX bf16 units decide" in p.reason
+    fake_probe(monkeypatch, BF16Probe(50.0, 50.0, 0.2, ("avx512_bf16",)))
+    assert choose_precision("auto", CPU).dtype is None
     edge = BF16Probe(100.0, 100.0 * BF16_MIN_SPEEDUP, 0.1, ())
     fake_probe(monkeypatch, edge)
     assert choose_precision("auto", CPU).dtype is torch.bfloat16  # the threshold is inclusive

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pgolf.config.base import _check_fields, _require
@@ -22,7 +22,9 @@ class SlidingConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SlotConfig:
-    """Causal SLOT: a per-window logit bias fitted on already-scored positions (docs/DESIGN.md#eval-slot)."""
+    """Causal SLOT: a per-window bias fitted on already-scored positions (docs/DESIGN.md#eval-slot).
+
+    The defaults below are the one place the default SLOT is set; `SLOT_SETTINGS` names other settings."""
 
     phase_iters: tuple[int, ...] = (5, 18)
     """L-BFGS iteration cap of each phase (the V20 cascade: 5 then 18)."""
@@ -33,6 +35,25 @@ class SlotConfig:
     focal: int = 128
     """Optimize only the last `focal` already-scored positions before the scored region (0 = all)."""
     clamp: float = 5.0
+    """The delta is clamped to [-clamp, clamp] elementwise after every phase."""
+    l2: float = 0.0
+    """L2 penalty: the objective is the window's (weighted) mean NLL + l2 / 2 * |delta|^2, i.e. a penalty
+    of l2 * n / 2 * |delta|^2 on the NLL summed over its n fitted positions (scaled with n, so its
+    strength per position does not depend on focal). 0 = off (bitwise the unpenalized fit)."""
+    guard: Literal["off", "check", "never_keep"] = "check"
+    """check: fit on the earlier adaptation positions, keep the delta (or a shrunk copy) only if it lowers
+    the mean NLL on the later guard_frac of them, else score the window with delta 0 (= sliding).
+    never_keep: the same work, then delta 0 for every window (a test hook; scores exactly as sliding)."""
+    guard_frac: float = 0.25
+    """Share of each window's adaptation positions (the latest ones) held out for the check: the last
+    max(1, floor(guard_frac * n)) of n, at most n - 1; a window with n < 2 keeps no delta."""
+    guard_shrink: tuple[float, ...] = (1.0, 0.5, 0.25)
+    """Candidates s * delta tried on the check positions; the best one is kept if it beats delta 0."""
+    guard_margin: float = 0.0
+    """A candidate must beat delta 0 on the check positions by more than this (nats per position)."""
+    guard_refit: bool = False
+    """After a keep: refit on all adaptation positions and score with s * (refit delta); False = score with
+    the very delta the check validated (half the fitting work)."""
     lr: float = 1.0
     line_search: Literal["strong_wolfe", "armijo"] = "strong_wolfe"
     warm_start: bool = True
@@ -52,6 +73,30 @@ class SlotConfig:
         _require(all(0.0 <= a <= 1.0 for a in self.phase_alpha), p + "phase_alpha", "must be in [0, 1]")
         _require(self.focal >= 0, p + "focal", "must be >= 0")
         _require(self.clamp > 0, p + "clamp", "must be > 0")
+        _require(self.l2 >= 0, p + "l2", "must be >= 0")
+        _require(0 < self.guard_frac < 1, p + "guard_frac", f"must be in (0, 1), got {self.guard_frac}")
+        _require(len(self.guard_shrink) >= 1 and all(0 < s <= 1 for s in self.guard_shrink), p + "guard_shrink",
+                 f"one or more factors in (0, 1], got {list(self.guard_shrink)}")
+        _require(self.guard_margin >= 0, p + "guard_margin", "must be >= 0")
+
+
+SLOT_SETTINGS: dict[str, dict] = {
+    "seed": {"clamp": 5.0, "l2": 0.0, "guard": "off"},
+}
+"""Named SLOT settings, as score.slot changes on top of a SlotConfig (`slot_setting`); `slot_setting_sets`
+gives the same as --set lines. seed = the seed's fit: clamp 5, no penalty, no guard."""
+
+
+def slot_setting(name: str, base: SlotConfig | None = None) -> SlotConfig:
+    """`base` (default SlotConfig()) with the named setting's changes."""
+    _require(name in SLOT_SETTINGS, "score.slot", f"unknown SLOT setting {name!r}; choose from {list(SLOT_SETTINGS)}")
+    return replace(base or SlotConfig(), **SLOT_SETTINGS[name])
+
+
+def slot_setting_sets(name: str) -> list[str]:
+    """The named setting as `--set` values, e.g. ["score.slot.clamp=5.0", "score.slot.l2=0.0", ...]."""
+    _require(name in SLOT_SETTINGS, "score.slot", f"unknown SLOT setting {name!r}; choose from {list(SLOT_SETTINGS)}")
+    return [f"score.slot.{k}={v}" for k, v in SLOT_SETTINGS[name].items()]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,13 +140,15 @@ class LoraConfig:
     """Adapters add scale * (x A^T) B^T (alpha / rank in LoRA's terms)."""
     targets: tuple[str, ...] = LORA_TARGETS
     """Which projections get an adapter: q, k, v, o, mlp (every layer) and head."""
-    chunk_tokens: int = 64
-    """Each document's targets are scored and then trained on in chunks of this many."""
+    chunk_tokens: int = 128
+    """Each document's targets are scored and then trained on in chunks of this many (128 with lr 0.01: the
+    best of a sweep on the cpu model at <= 3x sliding's time; 64 gains more at ~4x, dev/LOG.md 2026-12-04)."""
     context: int = 0
-    """Window of a chunk: the last `context` inputs of the document up to the chunk's end (0 = score.seq_len)."""
+    """Window of the chunk [a, a + C): the document's inputs from max(document start, a + C - context) up to
+    the chunk's end (0 = score.seq_len); it never depends on where the document ends."""
     docs_per_batch: int = 16
     """Documents adapted side by side (each with its own adapters)."""
-    lr: float = 0.003
+    lr: float = 0.01
     beta1: float = 0.0
     beta2: float = 0.999
     eps: float = 1e-10
@@ -113,8 +160,8 @@ class LoraConfig:
     order: Literal["score_first", "update_first"] = "score_first"
     """update_first = train on a chunk, then score it: a NON-COMPLIANT reference mode."""
     phase_docs: tuple[int, ...] = ()
-    """Phased global TTT: after the first K documents of the scoring queue (cumulative counts, rounded up to
-    whole batches) are scored, all base weights are trained on exactly those documents; empty = off."""
+    """Phased global TTT: once the first K documents of the stream (cumulative counts, stream order) are all
+    scored, all base weights are trained on exactly those documents, then scoring goes on; empty = off."""
     phase_lr: float = 0.001
     phase_momentum: float = 0.9
     phase_epochs: int = 1

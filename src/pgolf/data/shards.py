@@ -27,6 +27,8 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
 SPLITS = ("train", "val")
+WRITE_PIECE = 2**24
+"""write_shard writes the tokens from their array in pieces of this many bytes (no copy of the payload)."""
 
 
 class ShardError(PgolfError, ValueError):
@@ -105,7 +107,9 @@ def open_shard(path: str | os.PathLike, vocab_size: int | None = None) -> np.nda
 
 
 def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> str:
-    """Write a shard atomically (pgolf.files: temp file, fsync, rename); return the sha256 of its bytes."""
+    """Write a shard atomically (pgolf.files: temp file, fsync, rename; a full disk is one FileWriteError line
+    and no temp file); return the sha256 of its bytes. The tokens are written from their array (no copy when
+    they already are uint16)."""
     p = Path(path)
     toks = np.asarray(tokens)
     if toks.size and (toks.min() < 0 or toks.max() >= 1 << 16):
@@ -114,14 +118,15 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> str:
         raise ValueError(f"{p}: {len(toks)} tokens exceed the int32 header field")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = MAGIC, VERSION, len(toks)
-    payload = toks.astype(TOKEN_DTYPE, copy=False).tobytes()
+    payload = memoryview(np.ascontiguousarray(toks, dtype=TOKEN_DTYPE)).cast("B")  # no copy of uint16 tokens
     h = hashlib.sha256()
     h.update(header.tobytes())
     h.update(payload)
     p.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(p) as fh:
         fh.write(header.tobytes())
-        fh.write(payload)
+        for start in range(0, len(payload), WRITE_PIECE):  # a write of at most WRITE_PIECE bytes at a time
+            fh.write(payload[start:start + WRITE_PIECE])
     return h.hexdigest()
 
 
@@ -151,8 +156,10 @@ def list_shards(directory: str | os.PathLike, split: str) -> list[Path]:
 
 def load_val_tokens(directory: str | os.PathLike, vocab_size: int | None = None) -> np.ndarray:
     """The validation stream: every val shard in sorted order, concatenated (as the challenge loads it)."""
-    parts = [open_shard(p, vocab_size) for p in list_shards(directory, "val")]
+    files = list_shards(directory, "val")
+    parts = [open_shard(p, vocab_size) for p in files]
     stream = np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])
     if len(stream) < 2:
-        raise ShardError(directory, f"validation stream has {len(stream)} tokens; at least 2 are needed")
+        raise ShardError(files[0] if len(files) == 1 else directory,
+                         f"validation stream has {len(stream)} tokens; at least 2 are needed")
     return stream

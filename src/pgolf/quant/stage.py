@@ -150,10 +150,12 @@ def quantize_run(run_dir: str | Path, env: DistEnv, *, code_bytes: int = 0, prog
             tensors, prune = prune_to_target(tensors, q.matrix_bits, size_fn, q.prune_target_bytes,
                                              progress=on_eval if env.is_main else None)
             blob = first if is_unpruned(tensors) else encode(tensors)
-            path = run_dir / ARTIFACT
-            before = run.sha256(ARTIFACT)
-            atomic_write_bytes(path, blob)
-            log.replaced(ARTIFACT, before, run.sha256(ARTIFACT))
+        # Written after the phase has recorded its time: a full disk is then reported for the artifact itself
+        # (a timings.json write failing on the way out of the phase would replace that error with its own).
+        path = run_dir / ARTIFACT
+        before = run.sha256(ARTIFACT)
+        atomic_write_bytes(path, blob)
+        log.replaced(ARTIFACT, before, run.sha256(ARTIFACT))
         ent = entropy_bytes(tensors)
         payload = sizes[compressor]
         art = len(blob)

@@ -15,15 +15,24 @@ For every batch of sliding windows (one `ScorePlan`):
    on the window's own adaptation positions only.
 4. Clamp: delta is clamped to [-clamp, clamp] elementwise after EVERY phase (the later phases start
    from a clamped point; for one phase this is the end-of-fit clamp of the original entry).
-5. Score the window's scored positions with log_softmax(L + delta) over the full vocabulary (hidden
+   Penalty (`l2` > 0): each phase minimizes mean NLL + l2 / 2 * |delta|^2 (= l2 * n / 2 * |delta|^2 on
+   the NLL summed over the n fitted positions), on rows that have positions to fit.
+5. Guard (`guard` = check / never_keep): steps 2-4 see only the EARLIER part of the window's adaptation
+   positions; the later `guard_frac` of them are the check positions. Of the candidates s * delta
+   (s in `guard_shrink`) the one with the lowest mean check NLL is kept if it beats delta = 0 by more
+   than `guard_margin`, else the window is scored with delta = 0, which is exactly sliding (never_keep:
+   always delta = 0). `guard_refit` refits a kept window on all its adaptation positions and scores
+   with s * (refit delta). Both parts are adaptation positions, i.e. targets already scored by earlier
+   windows, so the decision never reads the window's own scored targets.
+6. Score the window's scored positions with log_softmax(L + delta) over the full vocabulary (hidden
    space: log_softmax(head(h + delta))); the bias is added after the logit softcap in logit space.
 
 Warm start (why it is legal): the windows of batch k start from the MEAN (or, with warm_from="last",
-the last) of batch k-1's final deltas. Every delta of batch k-1 was fitted on targets before its
-window's scored region, hence before the first scored target of batch k (scored regions increase
-with the window index), and on model outputs that only read inputs up to those targets. So a window
-never starts from a delta that saw a target at or after its own scored region; the first batch of a
-warm-start segment starts from zero.
+the last) of batch k-1's final deltas (those they were scored with: 0 where the guard said no). Every
+delta of batch k-1 was fitted (and checked) on targets before its window's scored region, hence before
+the first scored target of batch k (scored regions increase with the window index), and on model
+outputs that only read inputs up to those targets. So a window never starts from a delta that saw a
+target at or after its own scored region; the first batch of a warm-start segment starts from zero.
 
 World-size invariance: batches (consecutive groups of `batch_windows` windows) and warm-start
 segments (the plan's batches cut into `warm_segments` contiguous groups; the warm start restarts from
@@ -111,6 +120,10 @@ class SlotRunner:
         n_ph = len(cfg.phase_iters)
         # float64 stats: windows, adapted windows, opt-NLL before/after, per phase (iters, evals), batches
         self.stats = torch.zeros(5 + 2 * n_ph, dtype=torch.float64)
+        # float64 guard stats: windows kept, windows checked, check NLL at delta 0 / at the scored delta
+        # (sums over checked windows), then windows kept per shrink factor
+        self.guard_stats = torch.zeros(4 + len(cfg.guard_shrink), dtype=torch.float64)
+        self.last_kept: Tensor | None = None  # (B,) bool of the last batch: scored with its fitted delta
 
     # ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -166,13 +179,17 @@ class SlotRunner:
     def _fit_per_window(self, bo: Tensor, yo: Tensor, mask: Tensor, delta: Tensor) -> Tensor:
         cfg = self.cfg
         n_ph = len(cfg.phase_iters)
+        # L2 penalty l2 / 2 * |delta|^2 on the mean NLL, only on rows that have positions to fit (a row
+        # without any keeps its start); l2 = 0 leaves the objective untouched (bitwise the unpenalized fit)
+        lam = cfg.l2 * mask.any(-1).to(bo.dtype) if cfg.l2 > 0 else None
         for k, (iters, hist, alpha) in enumerate(zip(cfg.phase_iters, cfg.phase_history, cfg.phase_alpha)):
             w = self._phase_weights(bo, yo, mask, delta, alpha)
             if self.hidden:
                 def f(D, rows, w=w):
                     z = self._logits(bo if rows.numel() == bo.size(0) else bo[rows], D)
                     nll = torch.logsumexp(z, -1) - z.gather(-1, yo[rows][..., None])[..., 0]
-                    return (w[rows] * nll).sum(-1)
+                    loss = (w[rows] * nll).sum(-1)
+                    return loss if lam is None else loss + 0.5 * lam[rows] * (D * D).sum(-1)
                 res = lbfgs_batched(f, delta, max_iter=iters, history_size=hist, lr=cfg.lr,
                                     tolerance_grad=TOLERANCE_GRAD, tolerance_change=TOLERANCE_CHANGE,
                                     line_search=cfg.line_search)
@@ -187,6 +204,9 @@ class SlotRunner:
                     sm = torch.exp(z - lse[..., None])
                     g = (wr[..., None] * sm).sum(1)
                     g = g.scatter_add(-1, yr, -wr)
+                    if lam is not None:
+                        lam_r = lam if full else lam[rows]
+                        loss, g = loss + 0.5 * lam_r * (D * D).sum(-1), g + lam_r[:, None] * D
                     return loss, g
                 res = lbfgs_batched(f, delta, max_iter=iters, history_size=hist, lr=cfg.lr,
                                     tolerance_grad=TOLERANCE_GRAD, tolerance_change=TOLERANCE_CHANGE,
@@ -219,6 +239,8 @@ class SlotRunner:
                     z = self._logits(bo, p.expand(bo.size(0), -1))
                     nll = torch.logsumexp(z, -1) - z.gather(-1, yo[..., None])[..., 0]
                     loss = (w * nll).sum()
+                    if cfg.l2 > 0:
+                        loss = loss + 0.5 * cfg.l2 * (p * p).sum()
                     loss.backward()
                 n_eval[0] += 1
                 return loss
@@ -244,7 +266,7 @@ class SlotRunner:
         mask = bt.opt_mask
         with torch.no_grad():
             nll0 = self._opt_nll(bo, yo, mask, delta)
-        delta = (self._fit_shared if self.shared else self._fit_per_window)(bo, yo, mask, delta)
+        delta = self._guarded_fit(bo, yo, mask, delta)
         with torch.no_grad():
             nll1 = self._opt_nll(bo, yo, mask, delta)
             adapted = mask.any(-1)
@@ -267,6 +289,50 @@ class SlotRunner:
                 self.nll_out[pos.cpu().numpy()] = nll.double().cpu().numpy()
                 if (tap := SCORED_TAP.get()) is not None:
                     tap(pos, logp)
+        return delta
+
+    def _guarded_fit(self, bo: Tensor, yo: Tensor, mask: Tensor, delta0: Tensor) -> Tensor:
+        """The fit, then (guard != off) the per-window check on already-scored positions. -> scored deltas.
+
+        Row r's adaptation positions are j < n_r (earliest first); the check holds out the last
+        c_r = min(n_r - 1, max(1, floor(guard_frac * n_r))) of them, the fit sees the first n_r - c_r. The
+        decision reads only row r's own adaptation targets, all before its scored region."""
+        cfg = self.cfg
+        fit = self._fit_shared if self.shared else self._fit_per_window
+        if cfg.guard == "off":
+            delta = fit(bo, yo, mask, delta0)
+            self.last_kept = mask.any(-1)
+            self.guard_stats[0] += float(self.last_kept.sum())
+            return delta
+        cnt = mask.sum(-1)
+        n_check = torch.minimum((cnt.to(torch.float64) * cfg.guard_frac).floor().long().clamp_min(1), cnt - 1)
+        checked = cnt >= 2
+        fit_mask = mask & (torch.arange(mask.size(1), device=mask.device)[None, :] < (cnt - n_check)[:, None])
+        check_mask = mask & ~fit_mask & checked[:, None]
+        d_fit = fit(bo, yo, fit_mask, delta0)
+        factors = torch.tensor(cfg.guard_shrink, dtype=d_fit.dtype, device=d_fit.device)
+        with torch.no_grad():
+            ref = self._opt_nll(bo, yo, check_mask, torch.zeros_like(d_fit))
+            cands = torch.stack([self._opt_nll(bo, yo, check_mask, s * d_fit) for s in cfg.guard_shrink])
+            best, k = cands.min(0)  # ties: the first (largest) factor listed
+            kept = checked & (best < ref - cfg.guard_margin)
+            if cfg.guard == "never_keep":
+                kept = torch.zeros_like(kept)
+        d = d_fit
+        if cfg.guard_refit and bool(kept.any()):
+            if self.shared:
+                d = fit(bo, yo, mask, delta0)
+            else:  # only the kept rows (rows are independent problems)
+                rows = kept.nonzero()[:, 0]
+                d = d_fit.index_copy(0, rows, fit(bo[rows], yo[rows], mask[rows], delta0[rows]))
+        delta = torch.where(kept[:, None], factors[k][:, None] * d, torch.zeros_like(d))
+        self.last_kept = kept
+        gs = self.guard_stats
+        gs[0] += float(kept.sum())
+        gs[1] += float(checked.sum())
+        gs[2] += float(ref[checked].sum())
+        gs[3] += float(torch.where(kept, best, ref)[checked].sum())
+        gs[4:] += torch.bincount(k[kept].cpu(), minlength=len(cfg.guard_shrink)).to(torch.float64)
         return delta
 
     def _opt_nll(self, bo: Tensor, yo: Tensor, mask: Tensor, delta: Tensor) -> Tensor:
@@ -297,6 +363,10 @@ class SlotRunner:
         st = self.stats.clone().to(env.device)
         env.all_reduce_(st)
         st = st.cpu().tolist()
+        gs = self.guard_stats.clone().to(env.device)
+        env.all_reduce_(gs)
+        gs = gs.cpu().tolist()
+        nc = max(gs[1], 1.0)
         n_ph = len(cfg.phase_iters)
         na = max(st[1], 1.0)
         per = max(st[-1], 1.0) if self.shared else na
@@ -307,7 +377,15 @@ class SlotRunner:
             "space": cfg.space, "coupling": cfg.coupling,
             "phases": [{"max_iter": i, "history": h, "alpha": a}
                        for i, h, a in zip(cfg.phase_iters, cfg.phase_history, cfg.phase_alpha)],
-            "focal": cfg.focal, "clamp": cfg.clamp, "lr": cfg.lr, "line_search": cfg.line_search,
+            "focal": cfg.focal, "clamp": cfg.clamp, "l2": cfg.l2, "lr": cfg.lr, "line_search": cfg.line_search,
+            "guard": cfg.guard, "guard_frac": cfg.guard_frac, "guard_shrink": list(cfg.guard_shrink),
+            "guard_margin": cfg.guard_margin, "guard_refit": cfg.guard_refit,
+            # windows scored with their fitted delta (guard off: every adapted window), as a share of the
+            # adapted windows; the check NLLs are means over the checked windows' check positions
+            "windows_kept": int(gs[0]), "windows_checked": int(gs[1]),
+            "kept_fraction": gs[0] / st[1] if st[1] > 0 else 0.0,
+            "guard_check_nll_zero": gs[2] / nc, "guard_check_nll_scored": gs[3] / nc,
+            "guard_kept_per_shrink": [int(c) for c in gs[4:]],
             "warm_start": cfg.warm_start, "warm_from": self.warm_from,
             "windows": int(st[0]), "windows_adapted": int(st[1]),
             "adapt_nll_before": st[2] / na, "adapt_nll_after": st[3] / na,

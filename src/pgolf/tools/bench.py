@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from pgolf.config import SCORE_MODES, RunConfig, SlotConfig, apply_overrides
+from pgolf.config import SCORE_MODES, ConfigError, RunConfig, SlotConfig, apply_overrides
+from pgolf.config.score import SLOT_SETTINGS, slot_setting
 from pgolf.model.build import build_gpt
 from pgolf.model.roles import roles_by_name
 from pgolf.presets import get_preset
@@ -176,9 +177,50 @@ SLOT_SINGLE_PHASE = {"phase_iters": (25,), "phase_history": (20,), "phase_alpha"
 """The earlier entry's one L-BFGS call per batch (PR #1350): 25 iterations, history 20."""
 
 
+SLOT_BENCH_SETTINGS = ("config", "seed")
+"""SLOT settings `pgolf bench eval` compares with sliding: config = the resolved score.slot, any other name a
+config.score.SLOT_SETTINGS entry applied on top of it."""
+
+
+def parse_slot_settings(text: str | None) -> tuple[str, ...]:
+    """'config,seed' -> ('config', 'seed'); None -> SLOT_BENCH_SETTINGS; '' -> none."""
+    names = SLOT_BENCH_SETTINGS if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n != "config" and n not in SLOT_SETTINGS]
+    if bad or len(set(names)) != len(names):
+        raise ConfigError(f"--slot-settings: each of config, {', '.join(SLOT_SETTINGS)} at most once, got {list(names)}")
+    return names
+
+
+def slot_vs_sliding(model, cfg: RunConfig, env: DistEnv, res: dict, kw: dict, names: tuple[str, ...]) -> dict:
+    """BPB, seconds and the guard's kept fraction of each named SLOT setting beside sliding on the same
+    windows (the modes' own sliding and config-slot results are reused when they were run)."""
+    replace = dataclasses.replace
+    sl = res["sliding"] if "sliding" in res else evaluate(model, cfg, env, modes=("sliding",), **kw)["sliding"]
+    out: dict = {"windows": sl["windows"], "sliding": {"val_bpb": sl["val_bpb"], "seconds": sl["seconds"]},
+                 "settings": {}}
+    for name in names:
+        sc = cfg.score.slot if name == "config" else slot_setting(name, cfg.score.slot)
+        if name == "config" and "slot" in res:
+            r = res["slot"]
+        else:
+            r = evaluate(model, replace(cfg, score=replace(cfg.score, slot=sc)), env, modes=("slot",), **kw)["slot"]
+        if r["windows"] != sl["windows"]:
+            raise RuntimeError(f"slot setting {name}: {r['windows']} windows, sliding has {sl['windows']}")
+        d = r["slot"]
+        out["settings"][name] = {
+            "guard": sc.guard, "clamp": sc.clamp, "l2": sc.l2, "focal": sc.focal, "space": sc.space,
+            "val_bpb": r["val_bpb"], "seconds": r["seconds"], "bpb_vs_sliding": r["val_bpb"] - sl["val_bpb"],
+            "seconds_vs_sliding": r["seconds"] / sl["seconds"] if sl["seconds"] > 0 else float("inf"),
+            "kept_fraction": d["kept_fraction"], "windows_kept": d["windows_kept"],
+            "windows_adapted": d["windows_adapted"], "compliant": r["compliant"]}
+    return out
+
+
 def bench_eval(model, cfg: RunConfig, env: DistEnv, *, modes: tuple[str, ...] = (), max_val_tokens: int = 0,
-               autocast_dtype: torch.dtype | None = None, weights: str = "", progress: bool = False) -> dict:
-    """Seconds and windows/s of each eval mode, then single-phase vs cascaded SLOT on the same windows.
+               autocast_dtype: torch.dtype | None = None, weights: str = "", progress: bool = False,
+               slot_settings: tuple[str, ...] = SLOT_BENCH_SETTINGS) -> dict:
+    """Seconds and windows/s of each eval mode, then single-phase vs cascaded SLOT on the same windows, then
+    each of `slot_settings` beside sliding (`slot_vs_sliding`).
 
     The cascade is the SlotConfig default phases ((5, 18) iterations, histories (10, 20), uniform loss);
     single-phase is SLOT_SINGLE_PHASE; every other score.slot setting is the config's. The comparison runs
@@ -212,6 +254,8 @@ def bench_eval(model, cfg: RunConfig, env: DistEnv, *, modes: tuple[str, ...] = 
                speedup_pct=100.0 * (1.0 - c["seconds"] / s["seconds"]), bpb_delta=c["val_bpb"] - s["val_bpb"],
                evals_ratio=sum(c["evals_mean"]) / max(sum(s["evals_mean"]), 1e-12))
     out["slot_phases"] = cmp
+    if slot_settings:
+        out["slot_settings"] = slot_vs_sliding(model, cfg, env, res, kw, slot_settings)
     rec = get_preset("record")
     # the record's geometry (windows, stride) with this run's method settings (LoRA, TTT, SLOT)
     rec_score = replace(cfg.score, seq_len=rec.score.seq_len, sliding=rec.score.sliding,
@@ -245,6 +289,16 @@ def format_bench_eval(r: dict) -> str:
                      f"{sum(v['evals_mean']):.1f}, iterations/window {sum(v['iters_mean']):.1f}")
     lines.append(f"  cascaded/single time ratio {c['time_ratio']:.3f} ({c['speedup_pct']:+.1f}% faster), "
                  f"evals ratio {c['evals_ratio']:.3f}, bpb delta {c['bpb_delta']:+.5f} (cascaded - single)")
+    if "slot_settings" in r:
+        v = r["slot_settings"]
+        lines.append(f"SLOT settings vs sliding on the same {v['windows']:,} windows (sliding bpb "
+                     f"{v['sliding']['val_bpb']:.5f} in {v['sliding']['seconds']:.2f}s):")
+        for name, e in v["settings"].items():
+            tag = "" if e["compliant"] else "  [NON-COMPLIANT]"
+            lines.append(f"  {name:9s} guard {e['guard']} clamp {e['clamp']:g} l2 {e['l2']:g} {e['space']}: "
+                         f"bpb {e['val_bpb']:.5f} ({e['bpb_vs_sliding']:+.5f} vs sliding) {e['seconds']:.2f}s "
+                         f"({e['seconds_vs_sliding']:.2f}x); kept {100 * e['kept_fraction']:.1f}% of "
+                         f"{e['windows_adapted']:,} adapted windows{tag}")
     lines.append("record shape on 8xH100, estimated from FLOP counts and the measured H100 training throughput "
                  "(pgolf.tools.estimate):")
     for m, e in r["record_estimate"].items():
@@ -306,10 +360,11 @@ def cmd_bench_calib(args) -> int:
 def cmd_bench_eval(args) -> int:
     cfg, source = eval_source(args)
     modes = parse_modes(args.mode, SCORE_MODES)
+    slot_settings = parse_slot_settings(args.slot_settings)
     with session(args.device) as env:
         model, cfg, amp = eval_model(source, cfg, env)
         res = bench_eval(model, cfg, env, modes=modes, max_val_tokens=args.max_val_tokens, autocast_dtype=amp,
-                         weights=source.label, progress=not args.json)
+                         weights=source.label, progress=not args.json, slot_settings=slot_settings)
         _print(env, res, args.json, None if args.json else format_bench_eval(res))
     return 0
 
@@ -325,6 +380,9 @@ def add_parsers(verbs, add_eval_args) -> None:
     bt.set_defaults(fn=cmd_bench_train)
     bev = bs.add_parser("eval", help="eval windows/s and seconds per mode; single-phase vs cascaded SLOT")
     add_eval_args(bev, "comma-separated modes to time (default: all five)")
+    bev.add_argument("--slot-settings", default=None, metavar="NAMES",
+                     help=f"SLOT settings to compare with sliding: config (score.slot) and/or "
+                          f"{', '.join(SLOT_SETTINGS)} (default {','.join(SLOT_BENCH_SETTINGS)}; '' = none)")
     bev.set_defaults(fn=cmd_bench_eval)
     bc = bs.add_parser("calib", help="self-generated calibration: KV-cached vs re-forward sampling speed")
     add_config_args(bc)

@@ -7,7 +7,8 @@ directory's artifact.pgolf), else a run's float weights model_final.pt, labelled
 that a float score is never mistaken for the artifact's. `save_nll` writes per-target NLL arrays for
 `pgolf eval --save-nll FILE.npy` (several modes: FILE.<mode>.npy). A run directory's artifact is checked
 against the model_final.pt it was made from (a stale one is refused), and the arguments before any work
-(--max-val-tokens 0 or >= 2, --save-nll a writable file: `check_max_val_tokens`, `check_nll_path`).
+(--max-val-tokens 0 or >= 2, --save-nll a writable file: `check_max_val_tokens`, `check_nll_path`), and the
+tokenizer against the weights' vocabulary (`eval_model`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from pgolf.config import SCORE_MODES, ConfigError, RunConfig, apply_overrides, parse_set
+from pgolf.data.tokenizer import check_vocab, load_tokenizer
 from pgolf.files import atomic_open
 from pgolf.presets import resolve
 from pgolf.quant.artifact import load_artifact
@@ -185,6 +187,9 @@ def eval_source(args):
 def eval_model(source, cfg, env):
     """-> (model, cfg with the weights' model section, autocast dtype); warns when scoring float weights."""
     model, cfg = load_eval_model(source, cfg, env.device)  # first: weights that cannot be read are the error
+    # A tokenizer with more pieces than the model has logits is another tokenizer: its byte tables would
+    # score the model's tokens with other pieces' bytes (a silently wrong BPB).
+    check_vocab(load_tokenizer(cfg.data.tokenizer_path), cfg.data.tokenizer_path, cfg.model.vocab_size)
     if source.kind == "float" and env.is_main:
         print(f"pgolf eval: WARNING: no artifact in {source.path.parent}; scoring {source.path.name}: "
               f"{source.label}", file=sys.stderr)

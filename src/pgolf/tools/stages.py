@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from pgolf.config import apply_overrides
+from pgolf.config import SCORE_MODES, apply_overrides
 from pgolf.pipeline import run_record
 from pgolf.quant.stage import quantize_run
 from pgolf.rundir import AUDIT, default_run_dir, load_config
@@ -134,7 +134,7 @@ def add_parsers(verbs) -> None:
     tr.set_defaults(fn=cmd_train)
 
     ev = verbs.add_parser("eval", help="score an artifact (or a run) on the validation stream, any modes")
-    add_eval_args(ev, "comma-separated modes: plain, sliding, slot, ttt, ttt+slot (default: score.modes)")
+    add_eval_args(ev, f"comma-separated modes: {', '.join(SCORE_MODES)} (default: score.modes)")
     ev.add_argument("--save-nll", default=None, metavar="FILE.npy",
                     help="write per-target NLL (float64, stream order); with several modes one file each, "
                          "the mode inserted before the suffix: FILE.plain.npy, FILE.slot.npy, ...")

@@ -247,6 +247,8 @@ def _vacuous(mode: str, res: dict) -> str | None:
         slot = res.get("slot", {})
         if not slot.get("windows_adapted"):
             return "no SLOT window adapted on the prefix"
+        if slot.get("windows_kept", 1) == 0:
+            return "the SLOT guard kept no window's delta on the prefix: every window was scored as sliding"
         if m.family == "slot" and slot.get("batches", 0) < 2:
             return "one SLOT batch on the prefix: no warm start"
     if m.family == "lora" and not res.get("lora", {}).get("updates"):

@@ -195,11 +195,13 @@ def verify(data: str | Path, tokenizer: str | Path | None = None, *, vocab_size:
         return rep
 
     # The validation stream, as the challenge loads it: every val shard, sorted, concatenated.
-    parts = [np.asarray(open_shard(layout.dataset_dir / s["file"])) for s in rep.shards if s["split"] == "val"]
+    val_files = [layout.dataset_dir / s["file"] for s in rep.shards if s["split"] == "val"]
+    parts = [np.asarray(open_shard(p)) for p in val_files]
     stream = np.concatenate(parts)
     if len(stream) < 2:  # valid shards, but not one target to score
-        rep.problems.append(f"{layout.dataset_dir}: the validation stream has {len(stream)} token(s) in "
-                            f"{len(parts)} shard(s); at least 2 are needed (n tokens hold n - 1 targets)")
+        where = val_files[0] if len(val_files) == 1 else layout.dataset_dir
+        rep.problems.append(f"{where}: the validation stream has {len(stream)} token(s) in {len(parts)} shard(s); "
+                            f"at least 2 are needed (n tokens hold n - 1 targets)")
         return rep
     luts = build_byte_luts(sp, v)
     starts, lut_b, text_b = doc_byte_counts(sp, luts, stream, threads=threads, progress=progress)
