@@ -76,7 +76,16 @@ def assert_one_error(r: Bounded, *mentions: str, code: int | None = None) -> str
     assert not others, f"stderr holds more than the error line: {where}"
     for m in mentions:
         assert m in errs[0], f"{m!r} not named in {errs[0]!r}"
+    tally(errs[0])
     return errs[0]
+
+
+def tally(line: str) -> None:
+    """HARDENING_TALLY=FILE: append one line per input that kept the promise (the test, then the error line),
+    for counting the inputs each surface tries."""
+    if path := os.environ.get("HARDENING_TALLY"):
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0]}\t{line}\n")
 
 
 _BATCH_CHILD = r"""

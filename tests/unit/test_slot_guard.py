@@ -17,12 +17,15 @@ from pgolf.scoring.evaluate import EvalData, evaluate
 from pgolf.scoring.plan import sliding_plan
 from pgolf.scoring.sliding import score_windows
 from pgolf.scoring.slot import SlotRunner, score_slot
-from tests.helpers.models import BW, CAUSALITY_SETS, FLIPS, FOCAL, S, T, flipped, make_data, make_model
+from tests.helpers.models import BW, CAUSALITY_SETS, FLIPS, FOCAL, S, T, flipped, make_data, make_doc_data, make_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CASCADE = dict(phase_iters=(5, 18), phase_history=(10, 20), phase_alpha=(0.0, 0.0), focal=FOCAL)
 LIGHT = dict(phase_iters=(3, 5), phase_history=(5, 5), phase_alpha=(0.0, 0.5), focal=FOCAL)
+# the guard's mechanism tests: a plain check (a quarter of the positions, no confidence bound) on the
+# unpenalized fit, so that many windows are kept and many are not
+CHECK = dict(guard="check", guard_frac=0.25, guard_z=0.0, l2=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +61,15 @@ def test_never_keep_is_sliding_bitwise(setup, space):
 
 
 FLIP_CFGS = {
-    "guard_logit": SlotConfig(**CASCADE),
-    "guard_hidden": SlotConfig(**LIGHT, space="hidden"),
+    "guard_logit": SlotConfig(**CASCADE, **CHECK),
+    "guard_hidden": SlotConfig(**LIGHT, space="hidden", **CHECK),
     "l2_logit": SlotConfig(**CASCADE, guard="off", l2=0.05),
-    "l2_hidden_guard": SlotConfig(**LIGHT, space="hidden", l2=0.05),
-    "refit_shrink_l2": SlotConfig(**LIGHT, l2=0.01, guard_refit=True, guard_shrink=(1.0, 0.3), guard_frac=0.5),
+    "l2_hidden_guard": SlotConfig(**LIGHT, space="hidden", guard="check", guard_z=0.0, l2=0.05),
+    "refit_shrink_l2": SlotConfig(**LIGHT, guard="check", guard_z=0.0, l2=0.01, guard_refit=True,
+                                  guard_shrink=(1.0, 0.3), guard_frac=0.5),
+    "guard_z": SlotConfig(**CASCADE, guard="check", l2=0.0, guard_z=1.0, guard_frac=0.5),
+    "default": SlotConfig(**CASCADE),
+    "guarded_default": SlotConfig(**CASCADE, guard="check", guard_z=0.5),
 }
 
 
@@ -99,7 +106,7 @@ def test_guard_decision_ignores_the_windows_own_scored_targets(setup, space):
     """Changing every target window w scores leaves its keep decision and its delta bitwise unchanged (the
     guard reads only the window's adaptation targets, which earlier windows scored)."""
     model, stream, luts_t, plan = setup
-    cfg = SlotConfig(**(CASCADE if space == "logit" else LIGHT), space=space, guard_refit=True)
+    cfg = SlotConfig(**(CASCADE if space == "logit" else LIGHT), **CHECK, space=space, guard_refit=True)
     rng = np.random.default_rng(1)
     dev = torch.device("cpu")
     seen = set()
@@ -121,7 +128,7 @@ def test_guard_decision_reads_the_check_positions(setup):
     """The power side of the test above: the same change applied to the windows' check positions (their
     latest adaptation targets) does move decisions."""
     model, stream, luts_t, plan = setup
-    cfg = SlotConfig(**CASCADE)
+    cfg = SlotConfig(**CASCADE, **CHECK)
     dev = torch.device("cpu")
     rng = np.random.default_rng(2)
     other = stream.copy()
@@ -138,7 +145,7 @@ def test_guard_decision_reads_the_check_positions(setup):
 def test_l2_limits(setup, space):
     model, stream, luts_t, plan = setup
     _, ref = sliding_nll(model, stream, plan, luts_t)
-    base = SlotConfig(**LIGHT, space=space, guard="off")
+    base = SlotConfig(**LIGHT, space=space, guard="off", l2=0.0)
     _, _, n0 = run(model, stream, plan, luts_t, base)
     # the penalty path with a penalty far below every gradient's ulp is the unpenalized fit bitwise
     _, _, tiny = run(model, stream, plan, luts_t, dataclasses.replace(base, l2=1e-300))
@@ -147,8 +154,9 @@ def test_l2_limits(setup, space):
     assert np.abs(big - ref).max() < 1e-4 < np.abs(n0 - ref).max()
     # the named seed setting on this geometry is the guard-off, unpenalized fit
     seed = slot_setting("seed", dataclasses.replace(base, guard="check", l2=3.0, clamp=0.5))
-    assert (seed.clamp, seed.l2, seed.guard) == (5.0, 0.0, "off")
-    assert np.array_equal(run(model, stream, plan, luts_t, seed)[2], n0)
+    assert (seed.clamp, seed.l2, seed.guard, seed.focal, seed.within_doc) == (5.0, 0.0, "off", 128, False)
+    want = run(model, stream, plan, luts_t, dataclasses.replace(base, focal=128))[2]
+    assert np.array_equal(run(model, stream, plan, luts_t, seed)[2], want)
 
 
 @pytest.mark.parametrize("space", ["logit", "hidden"])
@@ -179,7 +187,7 @@ def test_penalized_fit_is_stationary(setup, space):
 def test_kept_fraction_reported_and_moves(setup):
     model, stream, luts_t, plan = setup
     frac = {}
-    for name, extra in {"off": {"guard": "off"}, "check": {}, "margin": {"guard_margin": 100.0},
+    for name, extra in {"off": {"guard": "off"}, "check": CHECK, "margin": {**CHECK, "guard_margin": 100.0},
                         "never": {"guard": "never_keep"}}.items():
         _, info, _ = run(model, stream, plan, luts_t, SlotConfig(**CASCADE, **extra))
         assert 0.0 <= info["kept_fraction"] <= 1.0
@@ -192,7 +200,7 @@ def test_kept_fraction_reported_and_moves(setup):
 
 def test_results_record_the_kept_fraction():
     stream, luts_t = make_data(n=208)
-    cfg, _ = resolve("tiny", CAUSALITY_SETS, env={})
+    cfg, _ = resolve("tiny", [*CAUSALITY_SETS, "score.slot.guard=check"], env={})
     res = evaluate(make_model(), cfg, DistEnv(), modes=("slot",), data=EvalData(stream, luts_t), warm_segments=2)
     slot = res["slot"]["slot"]
     assert 0.0 <= slot["kept_fraction"] <= 1.0 and slot["guard"] == "check"
@@ -209,9 +217,77 @@ def test_config_values_and_the_seed_setting():
                       (["score.slot.guard_shrink=0"], "score.slot.guard_shrink"),
                       (["score.slot.l2=-1"], "score.slot.l2"),
                       (["score.slot.guard_margin=-0.1"], "score.slot.guard_margin"),
+                      (["score.slot.guard_z=-1"], "score.slot.guard_z"),
+                      (["score.slot.guard_z=nan"], "score.slot.guard_z"),
                       (["score.slot.guard=maybe"], "score.slot.guard")):
         with pytest.raises(ConfigError) as e:
             resolve("tiny", sets, env={})
         assert str(e.value).startswith(key) and "\n" not in str(e.value)
     with pytest.raises(ConfigError):
         slot_setting("nope")
+
+
+def test_guard_z_matches_a_float64_loop(setup):
+    """_confident (vectorized) against a per-window, per-position float64 loop of its rule."""
+    model, stream, luts_t, plan = setup
+    g = torch.Generator().manual_seed(3)
+    B, Po, V = 5, 7, 11
+    bo = torch.randn(B, Po, V, generator=g, dtype=torch.float64)
+    yo = torch.randint(0, V, (B, Po), generator=g)
+    delta = 0.7 * torch.randn(B, V, generator=g, dtype=torch.float64)
+    counts = [0, 1, 2, 4, 7]  # check positions per row: rows with c < 2 are never confident
+    mask = torch.arange(Po)[None, :] < torch.tensor(counts)[:, None]
+    for z, margin in ((0.0, 0.0), (0.5, 0.0), (1.0, 0.01), (3.0, 0.0)):
+        runner = SlotRunner(model, stream, plan, luts_t, SlotConfig(**CASCADE, guard_z=z, guard_margin=margin),
+                            torch.device("cpu"))
+        got = runner._confident(bo, yo, mask, delta)
+        for r, c in enumerate(counts):
+            d = []
+            for j in range(c):
+                lp1 = torch.log_softmax(bo[r, j] + delta[r], -1)[yo[r, j]].item()
+                lp0 = torch.log_softmax(bo[r, j], -1)[yo[r, j]].item()
+                d.append(lp0 - lp1)  # nll(delta) - nll(0)
+            if c < 2:
+                want = False
+            else:
+                mean = sum(d) / c
+                sd = (sum((x - mean) ** 2 for x in d) / (c - 1)) ** 0.5
+                want = mean + z * sd / c ** 0.5 < -margin
+            assert bool(got[r]) == want, (z, r)
+
+
+def test_guard_z_huge_is_sliding_and_z_keeps_fewer(setup):
+    model, stream, luts_t, plan = setup
+    s0, ref = sliding_nll(model, stream, plan, luts_t)
+    kept = {}
+    for z in (0.0, 0.5, 1e9):
+        score, info, nll = run(model, stream, plan, luts_t,
+                               SlotConfig(**CASCADE, guard="check", l2=0.0, guard_z=z, guard_frac=0.5))
+        kept[z] = info["windows_kept"]
+        assert info["guard_z"] == z
+        if z == 1e9:
+            assert info["windows_kept"] == 0 and np.array_equal(nll, ref)
+    assert kept[0.0] >= kept[0.5] >= kept[1e9] == 0 and kept[0.0] > 0
+
+
+def test_within_doc_scores_later_documents_as_sliding_and_stays_causal():
+    """within_doc: a scored target of a later document than the window's first scored target gets delta 0
+    (sliding's NLL bitwise); other targets adapt; the flip test holds."""
+    stream, luts_t = make_doc_data(lengths=(150, 40, 200, 90, 120, 60))
+    model = make_model()
+    plan = sliding_plan(len(stream), T, S)
+    cfg = SlotConfig(**CASCADE, within_doc=True)
+    _, info, nll = run(model, stream, plan, luts_t, cfg)
+    _, ref = sliding_nll(model, stream, plan, luts_t)
+    doc = np.cumsum(stream == model.cfg.bos_id)  # document of the target at t = that of input t
+    later = np.zeros(plan.n_targets, bool)
+    for w in range(plan.num_windows):
+        first, last = plan.scored_range(w)
+        later[first:last] = doc[first:last] != doc[first]
+    assert later.any() and (~later).any()
+    assert np.array_equal(nll[later], ref[later])
+    assert not np.array_equal(nll[~later], ref[~later])
+    assert info["within_doc"] is True
+    for f in (60, 230, 400):  # the flip test: targets before f do not move
+        _, _, moved = run(model, flipped(stream, f), plan, luts_t, cfg)
+        assert np.array_equal(moved[:f - 1], nll[:f - 1])  # stream[f] is target f - 1

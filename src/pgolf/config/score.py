@@ -32,25 +32,37 @@ class SlotConfig:
     """L-BFGS history size of each phase (fresh memory per phase)."""
     phase_alpha: tuple[float, ...] = (0.0, 0.0)
     """Per phase: 0 = uniform loss; a > 0 mixes importance weights (1 - p_target) with uniform by a."""
-    focal: int = 128
+    focal: int = 256
     """Optimize only the last `focal` already-scored positions before the scored region (0 = all)."""
     clamp: float = 5.0
-    """The delta is clamped to [-clamp, clamp] elementwise after every phase."""
-    l2: float = 0.0
+    """The delta is clamped to [-clamp, clamp] elementwise after every phase (the seed's 5: with the L2
+    penalty it is a hard bound the fit rarely reaches)."""
+    l2: float = 0.03
     """L2 penalty: the objective is the window's (weighted) mean NLL + l2 / 2 * |delta|^2, i.e. a penalty
     of l2 * n / 2 * |delta|^2 on the NLL summed over its n fitted positions (scaled with n, so its
-    strength per position does not depend on focal). 0 = off (bitwise the unpenalized fit)."""
-    guard: Literal["off", "check", "never_keep"] = "check"
+    strength per position does not depend on focal). 0 = off (bitwise the unpenalized fit). 0.03 with focal
+    256: the best of a sweep on the cpu model (docs/DESIGN.md#eval-slot); 0.01 is already worse than sliding."""
+    guard: Literal["off", "check", "never_keep"] = "off"
     """check: fit on the earlier adaptation positions, keep the delta (or a shrunk copy) only if it lowers
     the mean NLL on the later guard_frac of them, else score the window with delta 0 (= sliding).
-    never_keep: the same work, then delta 0 for every window (a test hook; scores exactly as sliding)."""
-    guard_frac: float = 0.25
+    never_keep: the same work, then delta 0 for every window (a test hook; scores exactly as sliding).
+    Off by default: on the penalized default fit the check costs more than it saves (measured); it is the
+    safety switch for unpenalized or untried settings (the `guarded` setting, `seed_guarded`)."""
+    guard_frac: float = 0.5
     """Share of each window's adaptation positions (the latest ones) held out for the check: the last
     max(1, floor(guard_frac * n)) of n, at most n - 1; a window with n < 2 keeps no delta."""
     guard_shrink: tuple[float, ...] = (1.0, 0.5, 0.25)
     """Candidates s * delta tried on the check positions; the best one is kept if it beats delta 0."""
     guard_margin: float = 0.0
     """A candidate must beat delta 0 on the check positions by more than this (nats per position)."""
+    within_doc: bool = False
+    """Fit a window's delta only on adaptation positions of the document of its first scored target, and
+    score targets of a later document (the scored region crossed a BOS) with delta 0 (documents start at
+    model.bos_id, read from the inputs). Off by default: on the cpu model it changed nothing measurable
+    (first 32,768 dev tokens: default fit 1.34132 on vs 1.34098 off; dev/LOG.md)."""
+    guard_z: float = 3.0
+    """A keep also needs the check gain to stand this many standard errors clear: with d the per-position NLL
+    change over the c check positions, mean(d) + guard_z * sd(d) / sqrt(c) < -guard_margin (0 = off)."""
     guard_refit: bool = False
     """After a keep: refit on all adaptation positions and score with s * (refit delta); False = score with
     the very delta the check validated (half the fitting work)."""
@@ -78,13 +90,18 @@ class SlotConfig:
         _require(len(self.guard_shrink) >= 1 and all(0 < s <= 1 for s in self.guard_shrink), p + "guard_shrink",
                  f"one or more factors in (0, 1], got {list(self.guard_shrink)}")
         _require(self.guard_margin >= 0, p + "guard_margin", "must be >= 0")
+        _require(self.guard_z >= 0, p + "guard_z", "must be >= 0")
 
 
 SLOT_SETTINGS: dict[str, dict] = {
-    "seed": {"clamp": 5.0, "l2": 0.0, "guard": "off"},
+    "seed": {"clamp": 5.0, "l2": 0.0, "focal": 128, "guard": "off", "within_doc": False},
+    "seed_guarded": {"clamp": 5.0, "l2": 0.0, "focal": 128, "guard": "check", "within_doc": False},
+    "guarded": {"guard": "check"},
 }
 """Named SLOT settings, as score.slot changes on top of a SlotConfig (`slot_setting`); `slot_setting_sets`
-gives the same as --set lines. seed = the seed's fit: clamp 5, no penalty, no guard."""
+gives the same as --set lines. seed = the seed's fit: clamp 5, no penalty, focal 128, no guard;
+seed_guarded = the same behind the guard (guard_frac 0.5, guard_z 2); guarded = the default fit behind the
+guard."""
 
 
 def slot_setting(name: str, base: SlotConfig | None = None) -> SlotConfig:

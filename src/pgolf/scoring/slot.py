@@ -20,30 +20,20 @@ For every batch of sliding windows (one `ScorePlan`):
 5. Guard (`guard` = check / never_keep): steps 2-4 see only the EARLIER part of the window's adaptation
    positions; the later `guard_frac` of them are the check positions. Of the candidates s * delta
    (s in `guard_shrink`) the one with the lowest mean check NLL is kept if it beats delta = 0 by more
-   than `guard_margin`, else the window is scored with delta = 0, which is exactly sliding (never_keep:
+   than `guard_margin` (and, with `guard_z` > 0, by more than guard_z standard errors of the per-position
+   change), else the window is scored with delta = 0, which is exactly sliding (never_keep:
    always delta = 0). `guard_refit` refits a kept window on all its adaptation positions and scores
    with s * (refit delta). Both parts are adaptation positions, i.e. targets already scored by earlier
    windows, so the decision never reads the window's own scored targets.
 6. Score the window's scored positions with log_softmax(L + delta) over the full vocabulary (hidden
    space: log_softmax(head(h + delta))); the bias is added after the logit softcap in logit space.
+7. `within_doc`: fit only on positions of the first scored target's document (BOS count of the inputs);
+   later-document targets, and windows with nothing to fit, get delta 0 (reads inputs up to t only).
 
-Warm start (why it is legal): the windows of batch k start from the MEAN (or, with warm_from="last",
-the last) of batch k-1's final deltas (those they were scored with: 0 where the guard said no). Every
-delta of batch k-1 was fitted (and checked) on targets before its window's scored region, hence before
-the first scored target of batch k (scored regions increase with the window index), and on model
-outputs that only read inputs up to those targets. So a window never starts from a delta that saw a
-target at or after its own scored region; the first batch of a warm-start segment starts from zero.
-
-World-size invariance: batches (consecutive groups of `batch_windows` windows) and warm-start
-segments (the plan's batches cut into `warm_segments` contiguous groups; the warm start restarts from
-zero at each segment's first batch) are functions of the plan alone. Ranks take contiguous groups of
-whole segments, so every window sees the same computation at any world size (ranks beyond the number
-of segments idle). Only the float64 sums are combined across ranks.
-
-Reference mode coupling="shared" (NON-COMPLIANT, research only): one delta shared by the whole batch,
-fitted by torch.optim.LBFGS on the mean loss over every window's adaptation positions, as the withdrawn
-entry did (docs/DESIGN.md#noncompliant-shared-slot). Because window k+1's adaptation positions are window k's scored
-targets, the shared delta is fitted on the targets it then scores; the flip test shows it.
+Warm start: batch k starts from the mean (warm_from="last": the last) of batch k-1's scored deltas, all
+fitted before batch k's first scored target. World-size invariance: batches and warm-start segments are
+functions of the plan alone and ranks take whole segments. coupling="shared" is the withdrawn entry's
+NON-COMPLIANT batch-shared delta (research only). Why each is legal or not: docs/DESIGN.md#slot-legality.
 """
 
 from __future__ import annotations
@@ -100,6 +90,7 @@ class _Batch:
     opt_mask: Tensor  # (B, Po) bool
     score_mask: Tensor  # (B, P) bool
     starts: Tensor  # (B,) window starts
+    same_doc: Tensor | None  # (B, P) bool: the position's target is in the document of the first scored one
 
 
 class SlotRunner:
@@ -149,7 +140,16 @@ class SlotRunner:
         rel = np.arange(a, c)[None, :]
         score_mask = (rel >= sf[:, None]) & (rel < wl[:, None])
         t = lambda v: torch.as_tensor(v, device=self.device)  # noqa: E731
-        return _Batch(x[:, a:c], y[:, a:c], a, base, base_a, y_a[:, a:c], t(opt_idx), t(opt_mask), t(score_mask), t(plan.starts[idx.start:idx.stop]))
+        opt_idx_t, opt_mask_t, same = t(opt_idx), t(opt_mask), None
+        if cfg.within_doc:
+            # document of each position's target: the number of BOS inputs up to and including it (a BOS input
+            # predicts its document's first token), read from the inputs only
+            seg = torch.cumsum((x == self.model.cfg.bos_id).to(torch.int32), dim=1)[:, a:c]
+            ref = seg.gather(1, t(sf - a)[:, None].long())  # the document of the first scored target
+            same = seg == ref
+            opt_mask_t = opt_mask_t & same.gather(1, opt_idx_t.long())
+        return _Batch(x[:, a:c], y[:, a:c], a, base, base_a, y_a[:, a:c], opt_idx_t, opt_mask_t, t(score_mask),
+                      t(plan.starts[idx.start:idx.stop]), same)
 
     def _frozen(self, x: Tensor, a: int, c: int) -> Tensor:
         """The frozen forward on positions [a, c): hidden states or logits, at least fp32."""
@@ -267,6 +267,8 @@ class SlotRunner:
         with torch.no_grad():
             nll0 = self._opt_nll(bo, yo, mask, delta)
         delta = self._guarded_fit(bo, yo, mask, delta)
+        if bt.same_doc is not None:  # a window with no position of its document to fit on is not adapted
+            delta = torch.where(mask.any(-1)[:, None], delta, torch.zeros_like(delta))
         with torch.no_grad():
             nll1 = self._opt_nll(bo, yo, mask, delta)
             adapted = mask.any(-1)
@@ -278,7 +280,10 @@ class SlotRunner:
             # ---- score: full softmax of L + delta on the scored positions
             sel = bt.score_mask
             rows = sel.nonzero()[:, 0]
-            z = self._logits(bt.base[sel][:, None, :], delta[rows])[:, 0]  # (n, V)
+            d = delta[rows]
+            if bt.same_doc is not None:  # targets of a later document than the first scored one: delta 0
+                d = torch.where(bt.same_doc[sel][:, None], d, torch.zeros_like(d))
+            z = self._logits(bt.base[sel][:, None, :], d)[:, 0]  # (n, V)
             tgt = bt.y[sel]
             prev = bt.x[sel]
             logp = F.log_softmax(z, -1)
@@ -316,6 +321,8 @@ class SlotRunner:
             cands = torch.stack([self._opt_nll(bo, yo, check_mask, s * d_fit) for s in cfg.guard_shrink])
             best, k = cands.min(0)  # ties: the first (largest) factor listed
             kept = checked & (best < ref - cfg.guard_margin)
+            if cfg.guard_z > 0:  # the gain must also stand guard_z standard errors clear of zero
+                kept = kept & self._confident(bo, yo, check_mask, factors[k][:, None] * d_fit)
             if cfg.guard == "never_keep":
                 kept = torch.zeros_like(kept)
         d = d_fit
@@ -335,12 +342,28 @@ class SlotRunner:
         gs[4:] += torch.bincount(k[kept].cpu(), minlength=len(cfg.guard_shrink)).to(torch.float64)
         return delta
 
+    def _pos_nll(self, bo: Tensor, yo: Tensor, delta: Tensor) -> Tensor:
+        """(B, Po) NLL of every adaptation position (padding included) under the window's delta."""
+        z = self._logits(bo, delta)
+        return torch.logsumexp(z, -1) - z.gather(-1, yo[..., None])[..., 0]
+
     def _opt_nll(self, bo: Tensor, yo: Tensor, mask: Tensor, delta: Tensor) -> Tensor:
         """Per-window mean NLL on its adaptation positions (0 where it has none)."""
-        z = self._logits(bo, delta)
-        nll = torch.logsumexp(z, -1) - z.gather(-1, yo[..., None])[..., 0]
+        nll = self._pos_nll(bo, yo, delta)
         m = mask.to(nll.dtype)
         return (nll * m).sum(-1) / m.sum(-1).clamp_min(1)
+
+    def _confident(self, bo: Tensor, yo: Tensor, check_mask: Tensor, delta: Tensor) -> Tensor:
+        """(B,) bool: the per-position NLL change d = nll(delta) - nll(0) over the c check positions has
+        mean(d) + guard_z * sd(d) / sqrt(c) < -guard_margin (sd with c - 1 degrees of freedom; c < 2: False)."""
+        cfg = self.cfg
+        d = self._pos_nll(bo, yo, delta) - self._pos_nll(bo, yo, torch.zeros_like(delta))
+        m = check_mask.to(d.dtype)
+        c = m.sum(-1)
+        mean = (d * m).sum(-1) / c.clamp_min(1)
+        var = (((d - mean[:, None]) ** 2) * m).sum(-1) / (c - 1).clamp_min(1)
+        se = (var / c.clamp_min(1)).sqrt()
+        return (c >= 2) & (mean + cfg.guard_z * se < -cfg.guard_margin)
 
     def score_segment(self, lo: int, hi: int, batch_windows: int, acc: ScoreAccumulator, progress=None) -> None:
         """Windows [lo, hi) in batches of batch_windows, the warm start chained from batch to batch."""
@@ -379,7 +402,8 @@ class SlotRunner:
                        for i, h, a in zip(cfg.phase_iters, cfg.phase_history, cfg.phase_alpha)],
             "focal": cfg.focal, "clamp": cfg.clamp, "l2": cfg.l2, "lr": cfg.lr, "line_search": cfg.line_search,
             "guard": cfg.guard, "guard_frac": cfg.guard_frac, "guard_shrink": list(cfg.guard_shrink),
-            "guard_margin": cfg.guard_margin, "guard_refit": cfg.guard_refit,
+            "guard_margin": cfg.guard_margin, "guard_z": cfg.guard_z, "guard_refit": cfg.guard_refit,
+            "within_doc": cfg.within_doc,
             # windows scored with their fitted delta (guard off: every adapted window), as a share of the
             # adapted windows; the check NLLs are means over the checked windows' check positions
             "windows_kept": int(gs[0]), "windows_checked": int(gs[1]),

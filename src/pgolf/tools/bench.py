@@ -177,7 +177,7 @@ SLOT_SINGLE_PHASE = {"phase_iters": (25,), "phase_history": (20,), "phase_alpha"
 """The earlier entry's one L-BFGS call per batch (PR #1350): 25 iterations, history 20."""
 
 
-SLOT_BENCH_SETTINGS = ("config", "seed")
+SLOT_BENCH_SETTINGS = ("config", "guarded", "seed", "seed_guarded")
 """SLOT settings `pgolf bench eval` compares with sliding: config = the resolved score.slot, any other name a
 config.score.SLOT_SETTINGS entry applied on top of it."""
 
