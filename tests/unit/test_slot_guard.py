@@ -240,7 +240,7 @@ def test_guard_z_matches_a_float64_loop(setup):
     for z, margin in ((0.0, 0.0), (0.5, 0.0), (1.0, 0.01), (3.0, 0.0)):
         runner = SlotRunner(model, stream, plan, luts_t, SlotConfig(**CASCADE, guard_z=z, guard_margin=margin),
                             torch.device("cpu"))
-        got = runner._confident(bo, yo, mask, delta)
+        got = runner._confident(runner._pos_nll(bo, yo, delta) - runner._pos_nll(bo, yo, torch.zeros_like(delta)), mask)
         for r, c in enumerate(counts):
             d = []
             for j in range(c):

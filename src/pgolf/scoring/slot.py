@@ -316,13 +316,15 @@ class SlotRunner:
         check_mask = mask & ~fit_mask & checked[:, None]
         d_fit = fit(bo, yo, fit_mask, delta0)
         factors = torch.tensor(cfg.guard_shrink, dtype=d_fit.dtype, device=d_fit.device)
-        with torch.no_grad():
-            ref = self._opt_nll(bo, yo, check_mask, torch.zeros_like(d_fit))
-            cands = torch.stack([self._opt_nll(bo, yo, check_mask, s * d_fit) for s in cfg.guard_shrink])
-            best, k = cands.min(0)  # ties: the first (largest) factor listed
+        with torch.no_grad():  # per-position NLLs at delta 0 and at each candidate, computed once
+            m = check_mask.to(d_fit.dtype)
+            p0 = self._pos_nll(bo, yo, torch.zeros_like(d_fit))
+            pc = torch.stack([self._pos_nll(bo, yo, s * d_fit) for s in cfg.guard_shrink])
+            ref = (p0 * m).sum(-1) / m.sum(-1).clamp_min(1)
+            best, k = ((pc * m).sum(-1) / m.sum(-1).clamp_min(1)).min(0)  # ties: the first (largest) factor
             kept = checked & (best < ref - cfg.guard_margin)
             if cfg.guard_z > 0:  # the gain must also stand guard_z standard errors clear of zero
-                kept = kept & self._confident(bo, yo, check_mask, factors[k][:, None] * d_fit)
+                kept = kept & self._confident(pc[k, torch.arange(k.numel(), device=k.device)] - p0, check_mask)
             if cfg.guard == "never_keep":
                 kept = torch.zeros_like(kept)
         d = d_fit
@@ -353,17 +355,15 @@ class SlotRunner:
         m = mask.to(nll.dtype)
         return (nll * m).sum(-1) / m.sum(-1).clamp_min(1)
 
-    def _confident(self, bo: Tensor, yo: Tensor, check_mask: Tensor, delta: Tensor) -> Tensor:
-        """(B,) bool: the per-position NLL change d = nll(delta) - nll(0) over the c check positions has
-        mean(d) + guard_z * sd(d) / sqrt(c) < -guard_margin (sd with c - 1 degrees of freedom; c < 2: False)."""
-        cfg = self.cfg
-        d = self._pos_nll(bo, yo, delta) - self._pos_nll(bo, yo, torch.zeros_like(delta))
+    def _confident(self, d: Tensor, check_mask: Tensor) -> Tensor:
+        """(B,) bool: the per-position NLL change d = nll(delta) - nll(0) (B, Po) over the c check positions
+        has mean(d) + guard_z * sd(d) / sqrt(c) < -guard_margin (sd with c - 1 degrees of freedom; c < 2: False)."""
         m = check_mask.to(d.dtype)
         c = m.sum(-1)
         mean = (d * m).sum(-1) / c.clamp_min(1)
         var = (((d - mean[:, None]) ** 2) * m).sum(-1) / (c - 1).clamp_min(1)
         se = (var / c.clamp_min(1)).sqrt()
-        return (c >= 2) & (mean + cfg.guard_z * se < -cfg.guard_margin)
+        return (c >= 2) & (mean + self.cfg.guard_z * se < -self.cfg.guard_margin)
 
     def score_segment(self, lo: int, hi: int, batch_windows: int, acc: ScoreAccumulator, progress=None) -> None:
         """Windows [lo, hi) in batches of batch_windows, the warm start chained from batch to batch."""
